@@ -1,0 +1,39 @@
+# BloodNet Screening: `make demo` and `make test` are the two commands a new user needs.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# The CPU build of PyTorch. Machines that carry the wheel locally (find-links) need no index;
+# elsewhere pip reads PyTorch's CPU index. `make install EXTRAS=test,gpu TORCH_INDEX=...cu128` for CUDA.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+EXTRAS ?= test,bench
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo bench lint clean-demo
+
+$(STAMP): pyproject.toml constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade "pip>=24" 
+	if $(PIP) download -q --no-deps -d /tmp/bloodnet-torch-probe "torch==2.13.0+cpu" >/dev/null 2>&1; then \
+	  $(PIP) install -q -c constraints.txt -e ".[$(EXTRAS)]"; \
+	else \
+	  $(PIP) install -q --extra-index-url $(TORCH_INDEX) -c constraints.txt -e ".[$(EXTRAS)]"; \
+	fi
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	bash scripts/test-prereqs.sh
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+demo: install
+	$(VENV)/bin/bloodnet demo
+
+bench: install
+	$(PY) bench/run_all.py
+
+lint: install
+	$(VENV)/bin/ruff check bloodnet_ops dags plugins tests bench

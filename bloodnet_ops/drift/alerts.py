@@ -1,0 +1,121 @@
+"""Drift alerts: a row in ``drift_alerts``, a structured log line, and an optional webhook POST.
+
+The webhook URL comes from ``BLOODNET_ALERT_WEBHOOK``. The payload carries sites, metric names and
+numbers only: no patient identifiers, no study UIDs. Delivery is best effort with a timeout and a few
+retries; a webhook that is down never fails the drift run (the row and the log line are the record),
+and the outcome is stored on the alert row.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_ENV = "BLOODNET_ALERT_WEBHOOK"
+#: Seconds per attempt; a slow chat server must not hold the drift task for long.
+WEBHOOK_TIMEOUT_S = 5.0
+WEBHOOK_ATTEMPTS = 3
+#: Base of the exponential back-off between attempts, in seconds.
+WEBHOOK_BACKOFF_S = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One statistic over its alert threshold at one site (no PHI)."""
+
+    site: str
+    family: str  #: metadata | hu | score | positive_rate | reject_rate
+    metric: str  #: the feature, e.g. "kernel" or "probability"
+    statistic: str  #: PSI | KS | chi2 | CUSUM | two_prop
+    value: float
+    threshold: float
+    p_value: float | None = None
+
+    def contract(self) -> dict[str, Any]:
+        """The ``alerts`` item of the drift JSON contract."""
+        return {
+            "site": self.site,
+            "metric": self.metric,
+            "statistic": self.statistic,
+            "family": self.family,
+            "value": self.value,
+            "threshold": self.threshold,
+        }
+
+
+def log_alert(alert: Alert, *, drift_run_id: int | None) -> None:
+    """One structured line per alert (key=value pairs so log shippers can parse it)."""
+    log.warning(
+        "drift_alert run=%s site=%s family=%s metric=%s statistic=%s value=%.4g threshold=%.4g",
+        drift_run_id,
+        alert.site,
+        alert.family,
+        alert.metric,
+        alert.statistic,
+        alert.value,
+        alert.threshold,
+    )
+
+
+def webhook_payload(alerts: Sequence[Alert], *, drift_run_id: int | None) -> dict[str, Any]:
+    """The JSON body POSTed to the webhook."""
+    return {
+        "source": "bloodnet-drift-monitor",
+        "drift_run_id": drift_run_id,
+        "n_alerts": len(alerts),
+        "alerts": [asdict(a) for a in alerts],
+        "text": "; ".join(
+            f"{a.site}: {a.family}/{a.metric} {a.statistic}={a.value:.3g} (alert ≥ {a.threshold:g})"
+            for a in alerts
+        ),
+    }
+
+
+def post_webhook(
+    payload: dict[str, Any],
+    url: str | None = None,
+    *,
+    timeout: float = WEBHOOK_TIMEOUT_S,
+    attempts: int = WEBHOOK_ATTEMPTS,
+    backoff: float = WEBHOOK_BACKOFF_S,
+) -> str:
+    """POST ``payload`` as JSON; returns ``"sent"``, ``"disabled"`` or ``"failed: <why>"``.
+
+    Retries on connection errors and on 5xx/429 with exponential back-off; a 4xx other than 429 is
+    final (resending the same body will not help).
+    """
+    url = url if url is not None else os.environ.get(WEBHOOK_ENV, "")
+    if not url:
+        return "disabled"
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"{WEBHOOK_ENV} must be an http(s) URL, got scheme of {url.split(':')[0]!r}")
+    body = json.dumps(payload).encode()
+    why = ""
+    for attempt in range(1, attempts + 1):
+        req = urllib.request.Request(
+            url, data=body, method="POST", headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (scheme checked)
+                resp.read()
+            log.info("drift webhook delivered attempt=%d", attempt)
+            return "sent"
+        except urllib.error.HTTPError as exc:
+            why = f"HTTP {exc.code}"
+            if exc.code < 500 and exc.code != 429:
+                break
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+            why = type(getattr(exc, "reason", exc)).__name__
+        log.warning("drift webhook attempt=%d/%d failed: %s", attempt, attempts, why)
+        if attempt < attempts:
+            time.sleep(backoff * 2 ** (attempt - 1))
+    return f"failed: {why}"
