@@ -119,9 +119,11 @@ class S3Source:
     def _full(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def list(self) -> Iterator[ObjectRef]:
+    def list(self, page_size: int = 1000) -> Iterator[ObjectRef]:
         pages = self._client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=f"{self.prefix}/" if self.prefix else ""
+            Bucket=self.bucket,
+            Prefix=f"{self.prefix}/" if self.prefix else "",
+            PaginationConfig={"PageSize": page_size},
         )
         cut = len(self.prefix) + 1 if self.prefix else 0
         for page in pages:
