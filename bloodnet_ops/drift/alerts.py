@@ -1,9 +1,9 @@
 """Drift alerts: a row in ``drift_alerts``, a structured log line, and an optional webhook POST.
 
 The webhook URL comes from ``BLOODNET_ALERT_WEBHOOK``. The payload carries sites, metric names and
-numbers only: no patient identifiers, no study UIDs. Delivery is best effort with a timeout and a few
-retries; a webhook that is down never fails the drift run (the row and the log line are the record),
-and the outcome is stored on the alert row.
+numbers only: no patient identifiers, no study UIDs. Delivery is best effort with a timeout and a
+few retries; a webhook that is down never fails the drift run (the row and the log line are the
+record), and the outcome is stored on the alert row.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -34,31 +34,37 @@ class Alert:
 
     site: str
     family: str  #: metadata | hu | score | positive_rate | reject_rate
-    metric: str  #: the feature, e.g. "kernel" or "probability"
+    feature: str  #: e.g. "kernel", "probability", a reason code
     statistic: str  #: PSI | KS | chi2 | CUSUM | two_prop
     value: float
     threshold: float
     p_value: float | None = None
 
+    @property
+    def metric(self) -> str:
+        """``family.feature`` (just ``family`` when they coincide), as in the drift JSON."""
+        return self.family if self.family == self.feature else f"{self.family}.{self.feature}"
+
     def contract(self) -> dict[str, Any]:
-        """The ``alerts`` item of the drift JSON contract."""
+        """The ``alerts`` item of the drift JSON contract (no PHI)."""
         return {
             "site": self.site,
             "metric": self.metric,
-            "statistic": self.statistic,
             "family": self.family,
+            "feature": self.feature,
+            "statistic": self.statistic,
             "value": self.value,
             "threshold": self.threshold,
+            "p_value": self.p_value,
         }
 
 
 def log_alert(alert: Alert, *, drift_run_id: int | None) -> None:
     """One structured line per alert (key=value pairs so log shippers can parse it)."""
     log.warning(
-        "drift_alert run=%s site=%s family=%s metric=%s statistic=%s value=%.4g threshold=%.4g",
+        "drift_alert run=%s site=%s metric=%s statistic=%s value=%.4g threshold=%.4g",
         drift_run_id,
         alert.site,
-        alert.family,
         alert.metric,
         alert.statistic,
         alert.value,
@@ -72,9 +78,9 @@ def webhook_payload(alerts: Sequence[Alert], *, drift_run_id: int | None) -> dic
         "source": "bloodnet-drift-monitor",
         "drift_run_id": drift_run_id,
         "n_alerts": len(alerts),
-        "alerts": [asdict(a) for a in alerts],
+        "alerts": [a.contract() for a in alerts],
         "text": "; ".join(
-            f"{a.site}: {a.family}/{a.metric} {a.statistic}={a.value:.3g} (alert ≥ {a.threshold:g})"
+            f"{a.site}: {a.metric} {a.statistic}={a.value:.3g} (alert ≥ {a.threshold:g})"
             for a in alerts
         ),
     }
@@ -97,7 +103,8 @@ def post_webhook(
     if not url:
         return "disabled"
     if not url.startswith(("http://", "https://")):
-        raise ValueError(f"{WEBHOOK_ENV} must be an http(s) URL, got scheme of {url.split(':')[0]!r}")
+        scheme = url.split(":", 1)[0]
+        raise ValueError(f"{WEBHOOK_ENV} must be an http(s) URL, got scheme {scheme!r}")
     body = json.dumps(payload).encode()
     why = ""
     for attempt in range(1, attempts + 1):
@@ -105,7 +112,7 @@ def post_webhook(
             url, data=body, method="POST", headers={"Content-Type": "application/json"}
         )
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (scheme checked)
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
                 resp.read()
             log.info("drift webhook delivered attempt=%d", attempt)
             return "sent"

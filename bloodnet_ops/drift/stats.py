@@ -1,7 +1,8 @@
 """Two-sample drift statistics: PSI, KS, chi-square, CUSUM and a two-proportion test.
 
-Every function returns a :class:`Stat` (the statistic's value plus a p-value where one exists), so the
-monitor can turn any of them into an ok / warn / alert row with one rule. Small samples get care:
+Every function returns a :class:`Stat` (the statistic's value plus a p-value where one exists), so
+the monitor can turn any of them into an ok / warn / alert row with one rule. Small samples get
+care:
 
 - PSI is biased upward when bins are sparse (its null expectation is about
   ``(bins - 1) * (1/n_ref + 1/n_cur)``), so the number of bins shrinks with the sample and every PSI
@@ -28,6 +29,9 @@ PSI_EPS = 1e-4
 MIN_EXPECTED = 5.0
 #: Samples per PSI bin we aim for; fewer samples → fewer bins (between 2 and ``max_bins``).
 SAMPLES_PER_BIN = 20
+#: Null draws behind a CUSUM p-value (its resolution is 1 / (draws + 1)), and their fixed seed.
+CUSUM_DRAWS = 20000
+CUSUM_SEED = 20190701
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +75,9 @@ def psi(
     """Population stability index of a numeric feature, binned on reference quantiles.
 
     Bins are the reference's quantiles (ties collapse, so a constant feature gets one edge), with
-    ``min(max_bins, n_small // SAMPLES_PER_BIN)`` bins but at least 2. The p-value is a chi-square test
-    of the same binned counts. Conventional reading: < 0.1 stable, 0.1–0.25 moderate, > 0.25 shift.
+    ``min(max_bins, n_small // SAMPLES_PER_BIN)`` bins but at least 2. The p-value is a chi-square
+    test of the same binned counts. Conventional reading: < 0.1 stable, 0.1–0.25 moderate,
+    > 0.25 shifted.
     """
     ref, cur = _finite(reference), _finite(recent)
     if ref.size == 0 or cur.size == 0:
@@ -176,28 +181,50 @@ def cusum(
     counts
         ``(events, trials)`` per recent night, in date order (e.g. positives and studies).
     p0
-        Reference proportion (from the reference window).
+        Reference proportion, estimated from ``n_reference`` trials.
     k
         Allowance in standard deviations per night; 0.5 detects a one-sigma shift fastest.
+    n_reference
+        Trials behind ``p0``. The nightly z-score's variance is inflated by ``1 + n/n_reference``
+        because ``p0`` is itself an estimate; without that a small reference window raises
+        false alarms.
 
     Returns
     -------
     Stat
-        ``value`` is ``max(S+, S-)`` over the nights, in standard deviations; the usual decision
-        interval ``h`` is 4–5. No p-value (the threshold is the test).
+        ``value`` is ``max(S+, S-)`` over the nights, in standard deviations, to compare with a
+        decision interval ``h``; ``p_value`` is its parametric-bootstrap p-value under
+        "the rate is still ``p0``" (:data:`CUSUM_DRAWS` draws, fixed seed, so reruns agree).
     """
     n_cur = int(sum(n for _, n in counts))
-    if not counts or n_cur == 0:
+    if not counts or n_cur == 0 or not math.isfinite(p0):
         return Stat(math.nan, None, n_reference, n_cur)
-    # A reference rate of exactly 0 or 1 would make every deviation infinite; clip to half an event.
+    x = np.array([c[0] for c in counts if c[1] > 0], dtype=float)
+    n = np.array([c[1] for c in counts if c[1] > 0], dtype=float)
     denom = max(n_reference, 1)
-    p = min(max(p0, 0.5 / denom), 1 - 0.5 / denom)
-    hi = lo = peak = 0.0
-    for x, n in counts:
-        if n <= 0:
-            continue
-        z = (x - n * p) / math.sqrt(n * p * (1 - p))
-        hi = max(0.0, hi + z - k)
-        lo = max(0.0, lo - z - k)
-        peak = max(peak, hi, lo)
-    return Stat(peak, None, n_reference, n_cur)
+    peak = float(_cusum_paths(x[None, :], n, np.array([p0]), k=k, n_ref=denom)[0])
+    # Binomial counts of a few studies a night are skewed, so "h sigma" is not what it means
+    # for normal data: the p-value comes from the null itself. Parametric bootstrap: the
+    # reference rate and every night's count redrawn at p0, the CUSUM recomputed.
+    rng = np.random.default_rng(CUSUM_SEED)
+    p_ref = rng.binomial(denom, p0, size=CUSUM_DRAWS) / denom
+    x_sim = rng.binomial(n.astype(int)[None, :], p0, size=(CUSUM_DRAWS, n.size))
+    null = _cusum_paths(x_sim.astype(float), n, p_ref, k=k, n_ref=denom)
+    p_value = float((1 + np.sum(null >= peak - 1e-12)) / (CUSUM_DRAWS + 1))
+    return Stat(peak, p_value, n_reference, n_cur)
+
+
+def _cusum_paths(x: np.ndarray, n: np.ndarray, p0: np.ndarray, *, k: float,
+                 n_ref: int) -> np.ndarray:
+    """max(S+, S-) of each row of ``x`` (draws × nights) against the row's reference rate."""
+    # A reference rate of exactly 0 or 1 would make every deviation infinite; clip to half an event.
+    p = np.clip(p0, 0.5 / n_ref, 1 - 0.5 / n_ref)[:, None]
+    z = (x - n * p) / np.sqrt(n * p * (1 - p) * (1 + n / n_ref))
+    hi = np.zeros(x.shape[0])
+    lo = np.zeros(x.shape[0])
+    peak = np.zeros(x.shape[0])
+    for j in range(x.shape[1]):
+        hi = np.maximum(0.0, hi + z[:, j] - k)
+        lo = np.maximum(0.0, lo - z[:, j] - k)
+        peak = np.maximum(peak, np.maximum(hi, lo))
+    return peak

@@ -1,0 +1,88 @@
+"""Record a reviewer's adjudication of a worklist item (the ``bloodnet adjudicate`` command).
+
+One adjudication is kept per (study, kind); recording another replaces it (the reviewer changed
+their mind, or a second reader settled it). The next audit run uses it through
+:func:`bloodnet_ops.audit.figures.reference_label`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert
+
+from bloodnet_ops.db.models_audit import ADJUDICATION_OUTCOMES, AUDIT_KINDS, Adjudication, AuditItem
+from bloodnet_ops.db.session import make_engine, session_scope
+from bloodnet_ops.pseudonym import pseudonymise
+
+log = logging.getLogger(__name__)
+
+
+class NotOnWorklist(LookupError):
+    """The study was never put on the worklist with that kind."""
+
+
+@dataclass(frozen=True, slots=True)
+class AdjudicationRecord:
+    study_uid: str
+    kind: str
+    outcome: str
+    reviewer_key: str
+    note: str
+    updated_at: datetime
+
+    def as_dict(self) -> dict[str, str]:
+        return {"study_uid": self.study_uid, "kind": self.kind, "outcome": self.outcome,
+                "reviewer_key": self.reviewer_key, "note": self.note,
+                "updated_at": self.updated_at.isoformat()}
+
+
+def adjudicate(
+    db_url: str,
+    study_uid: str,
+    *,
+    kind: str,
+    outcome: str,
+    reviewer: str | None = None,
+    note: str = "",
+    require_worklist: bool = True,
+) -> AdjudicationRecord:
+    """Store (or replace) the adjudication of ``study_uid`` for worklist ``kind``.
+
+    Raises
+    ------
+    ValueError
+        ``kind`` or ``outcome`` is not one of the allowed values.
+    NotOnWorklist
+        ``require_worklist`` and no audit run ever listed the study with that kind.
+    """
+    if kind not in AUDIT_KINDS:
+        raise ValueError(f"kind must be one of {AUDIT_KINDS}, got {kind!r}")
+    if outcome not in ADJUDICATION_OUTCOMES:
+        raise ValueError(f"outcome must be one of {ADJUDICATION_OUTCOMES}, got {outcome!r}")
+    engine = make_engine(db_url)
+    try:
+        with session_scope(engine) as session:
+            if require_worklist:
+                listed = session.execute(
+                    select(AuditItem.id).where(AuditItem.study_uid == study_uid,
+                                               AuditItem.kind == kind).limit(1)
+                ).first()
+                if listed is None:
+                    raise NotOnWorklist(f"study {study_uid} is not on any worklist as {kind}")
+            values = {"study_uid": study_uid, "kind": kind, "outcome": outcome,
+                      "reviewer_key": pseudonymise(reviewer), "note": note}
+            stmt = insert(Adjudication).values(**values)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["study_uid", "kind"],
+                set_={"outcome": stmt.excluded.outcome, "reviewer_key": stmt.excluded.reviewer_key,
+                      "note": stmt.excluded.note, "updated_at": func.now()},
+            ).returning(Adjudication.updated_at)
+            updated_at = session.execute(stmt).scalar_one()
+    finally:
+        engine.dispose()
+    log.info("adjudication kind=%s outcome=%s", kind, outcome)
+    return AdjudicationRecord(study_uid, kind, outcome, values["reviewer_key"], note, updated_at)
