@@ -5,6 +5,8 @@ need=()
 command -v dciodvfy >/dev/null || need+=(dicom3tools)
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
+command -v redis-server >/dev/null || need+=(redis-server)
+docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null || need+=(docker-compose)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   echo "installing ${need[*]} from Debian" >&2
