@@ -1,9 +1,11 @@
 """The ``bloodnet`` command line. Each submodule registers one family of commands and owns it:
 
-- ``cli/data.py``       synth, validate
+- ``cli/data.py``       validate
 - ``cli/modelcmd.py``   train, eval, ablation, predict
 - ``cli/screen.py``     screen, demo
-- ``cli/analytics.py``  audit, drift, dashboard
+- ``cli/analytics.py``  audit, adjudicate, drift
+- ``cli/dashcmd.py``    dashboard
+- ``cli/synthcmd.py``   synth
 
 Heavy imports (torch, great-expectations, pydicom) happen inside the commands so ``--help`` is fast.
 With ``--json``, stdout carries exactly one JSON document and every log line goes to stderr.
@@ -25,7 +27,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-_FAMILIES = ("data", "modelcmd", "screen", "analytics")
+_FAMILIES = ("data", "modelcmd", "screen", "analytics", "dashcmd", "synthcmd")
 
 
 def _setup_logging() -> None:
