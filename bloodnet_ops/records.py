@@ -66,6 +66,10 @@ class SliceHeader:
     gantry_tilt: float | None = None
     study_date: str = ""
     has_pixel_data: bool = True
+    protocol_name: str = ""  #: ProtocolName (anatomy hint when BodyPartExamined is empty)
+    window_center: float | None = None  #: first WindowCenter (a bone-window series has ~300-800)
+    #: per-frame ImagePositionPatient of a multi-frame (Enhanced CT) object; empty otherwise
+    frame_positions: tuple[tuple[float, float, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
