@@ -328,3 +328,162 @@ def test_cli_writes_data_set_and_preview(tmp_path: Path) -> None:
         assert im.width == 7 * 256 and im.height > 6 * 256
     bad = CliRunner().invoke(app, ["synth", "--studies", "2"])
     assert bad.exit_code != 0
+
+
+# ---------------------------------------------------------------------------------------------
+# drift injected into one site from a date (issue 5 item 6); tests/test_drift_injected.py shows
+# the drift monitor catching it through the real pipeline.
+
+DRIFT_ARGS = {"studies": 8, "sites": 2, "seed": 13, "matrix": 64, "nights": 3, "workers": 1}
+
+
+@pytest.fixture(scope="module")
+def drift_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, SynthSummary]:
+    root = tmp_path_factory.mktemp("drift")
+    generate_dataset(root / "base", **DRIFT_ARGS)
+    summary = generate_dataset(root / "drift", **DRIFT_ARGS, drift_site="site-b",
+                               drift_from="2025-03-04")
+    return root / "base", root / "drift", summary
+
+
+def _study_headers(root: Path) -> dict[str, dict[str, list[pydicom.Dataset]]]:
+    """study → series → headers of a data set's DICOM files."""
+    out: dict[str, dict[str, list[pydicom.Dataset]]] = defaultdict(lambda: defaultdict(list))
+    for p in _dicoms(root):
+        ds = pydicom.dcmread(p)
+        out[ds.StudyInstanceUID][ds.SeriesInstanceUID].append(ds)
+    return out
+
+
+def test_scanner_drift_changes_only_the_site_from_the_date(
+        drift_pair: tuple[Path, Path, SynthSummary]) -> None:
+    import json
+
+    from bloodnet_ops.synth.vendors import BY_KEY
+
+    base, drifted, summary = drift_pair
+    record = json.loads((drifted / "drift.json").read_text())
+    assert summary.paths["drift"] == drifted / "drift.json"
+    assert (record["site"], record["start"], record["kind"]) == ("site-b", "2025-03-04", "scanner")
+    assert (record["first_night"], record["last_night"]) == ("2025-03-03", "2025-03-04")
+    new = BY_KEY[record["after"]["profiles"][0]]
+    assert record["after"]["profiles"] == ["siemens-force"]
+    studies = _study_headers(drifted)
+    expected = sorted(uid for uid, series in studies.items()
+                      if next(iter(series.values()))[0].InstitutionName == "site-b"
+                      and next(iter(series.values()))[0].StudyDate >= "20250304")
+    assert sorted(record["studies"]) == expected and record["n_studies"] == len(expected) == 2
+    assert summary.counts["drifted"] == 2 and not (base / "drift.json").exists()
+
+    # Every study not drifted is byte for byte what the seed writes without drift.
+    def digest(root: Path) -> dict[str, str]:
+        return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in root.rglob("*.dcm")}
+
+    da, dd = digest(base), digest(drifted)
+    moved = set(record["studies"])
+    kept = {k: v for k, v in dd.items() if k.split("/")[1] not in moved}
+    assert kept and kept == {k: v for k, v in da.items() if k.split("/")[1] not in moved}
+    changed = set(dd) - set(kept)
+    assert changed and all(da.get(k) != dd[k] for k in changed), "drifted studies re-rendered"
+
+    soft = {r["study_uid"]: r["series_uid"] for r in _csv(drifted / "labels.csv")}
+    before = record["before"]
+    for uid in record["studies"]:
+        sl = sorted(studies[uid][soft[uid]], key=lambda d: float(d.ImagePositionPatient[2]))
+        ds = sl[0]
+        assert (ds.Manufacturer, ds.ManufacturerModelName, ds.ConvolutionKernel) == (
+            new.manufacturer, new.model, new.soft_kernel)
+        assert float(ds.RescaleIntercept) == -8192.0 and float(ds.SliceThickness) == 2.0
+        assert ds.Manufacturer not in before["manufacturers"]
+        assert ds.ConvolutionKernel not in before["kernels"]
+        assert -8192.0 not in before["intercepts"] and 2.0 not in before["slice_thicknesses"]
+        # Thin slices still cover the head, and the new encoding still gives the same HU.
+        z = [float(d.ImagePositionPatient[2]) for d in sl]
+        assert 115 <= z[-1] - z[0] + 2.0 <= 155 and len(sl) > 48
+        mid = _to_hu(sl[int(len(sl) * 0.7)])
+        brain = mid[(mid > 0) & (mid < 80)]
+        assert 20 <= float(np.median(brain)) <= 45
+        assert abs(float(np.median(mid[(mid > -1024) & (mid < -500)])) + 1000) < 30
+    for uid, series in studies.items():
+        if uid not in moved:
+            ds = series[soft[uid]][0]
+            assert ds.Manufacturer != new.manufacturer or ds.InstitutionName != "site-b"
+            assert float(ds.SliceThickness) > 2.0
+
+
+def test_thin_slice_and_population_drift_plans() -> None:
+    from dataclasses import replace
+
+    from bloodnet_ops.synth.drift import DriftSpec, apply_drift, parse_date
+    from bloodnet_ops.synth.plan import plan_studies
+    from bloodnet_ops.synth.study import render_study
+    from bloodnet_ops.synth.vendors import BY_KEY, site_profiles
+
+    plans = plan_studies(studies=60, sites=3, seed=4, positive_rate=0.3, matrix=64,
+                         fault_rate=0.0, nights=6)
+    assert {p.study_date for p in plans} == {f"2025030{d}" for d in range(3, 9)}
+    start = parse_date("20250306")
+    scanners = site_profiles(3, 4)["site-c"]
+    hit = [i for i, p in enumerate(plans) if p.site == "site-c" and p.study_date >= "20250306"]
+    assert len(hit) >= 5
+
+    thin, rec = apply_drift(plans, DriftSpec("site-c", start, "thin-slices"), seed=4,
+                            site_scanners=scanners)
+    assert rec.studies == [plans[i].study_uid for i in hit]
+    for i, (a, b) in enumerate(zip(plans, thin, strict=True)):
+        if i in hit:
+            assert b.profile_key == a.profile_key + "+thin"
+            assert BY_KEY[b.profile_key].thicknesses == (2.0,)
+            assert BY_KEY[b.profile_key].soft_kernel == BY_KEY[a.profile_key].soft_kernel
+        else:
+            assert a == b
+    st = render_study(thin[hit[0]])
+    assert st.geometry.thickness == 2.0 and st.soft.shape[0] > 48
+
+    sick, rec = apply_drift(plans, DriftSpec("site-c", start, "population"), seed=4,
+                            site_scanners=scanners)
+    assert [a == b for a, b in zip(plans, sick, strict=True)].count(False) <= len(hit)
+    assert all(plans[i] == sick[i] for i in range(len(plans)) if i not in hit)
+    assert sum(sick[i].positive for i in hit) > sum(plans[i].positive for i in hit)
+    assert rec.after["planned_positives_after"] == sum(sick[i].positive for i in hit)
+    assert all(sick[i].bleed_draws == 3 for i in hit if sick[i].positive)
+    # Larger bleeds: the first lesion set is the undrifted one, a larger later draw replaces it.
+    pos = next(i for i in hit if sick[i].positive)
+    one = render_study(replace(sick[pos], bleed_draws=1))
+    three = render_study(sick[pos])
+    assert sum(x.target_ml for x in three.lesions) >= sum(x.target_ml for x in one.lesions)
+
+    with pytest.raises(ValueError, match="not one of"):
+        apply_drift(plans, DriftSpec("site-x", start), seed=4, site_scanners=scanners)
+    with pytest.raises(ValueError, match="after the first night"):
+        apply_drift(plans, DriftSpec("site-c", parse_date("2025-03-03")), seed=4,
+                    site_scanners=scanners)
+    with pytest.raises(ValueError, match="drift kind"):
+        DriftSpec("site-c", start, "weather")
+
+
+def test_cli_injects_drift(tmp_path: Path) -> None:
+    import json
+
+    from bloodnet_ops.cli import app
+
+    args = ["synth", "--studies", "8", "--sites", "2", "--seed", "13", "--matrix", "64",
+            "--nights", "3", "--workers", "1"]
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "d"), "--drift-site", "site-a",
+                                   "--drift-from", "2025-03-04", "--json"])
+    assert res.exit_code == 0, res.output
+    record = json.loads((tmp_path / "d" / "drift.json").read_text())
+    assert record["site"] == "site-a" and record["after"]["profiles"] == ["philips-incisive"]
+    assert record["n_studies"] >= 1
+    uid = record["studies"][0]
+    soft = {r["study_uid"]: r["series_uid"] for r in _csv(tmp_path / "d" / "labels.csv")}
+    ds = pydicom.dcmread(next((tmp_path / "d" / "site-a" / uid / soft[uid]).glob("*.dcm")))
+    assert (ds.ManufacturerModelName, float(ds.SliceThickness)) == ("Incisive CT", 2.0)
+    for bad in (["--drift-site", "site-a"],  # no date
+                ["--drift-site", "site-q", "--drift-from", "2025-03-04"],
+                ["--drift-site", "site-a", "--drift-from", "2025-04-01"],
+                ["--drift-site", "site-a", "--drift-from", "2025-03-04", "--drift-kind", "x"],
+                ["--drift-site", "site-a", "--drift-from", "March 4th"]):
+        res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "bad"), *bad])
+        assert res.exit_code != 0, bad

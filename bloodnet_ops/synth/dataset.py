@@ -3,12 +3,15 @@
 Layout: ``DIR/<site>/<study_uid>/<series_uid>/<sop_uid>.dcm``, ``DIR/labels.csv``,
 ``DIR/masks/<study_uid>.npz`` (``mask`` uint8 (z, y, x) with codes 1..5 = EDH, SDH, SAH, IPH,
 IVH, z ascending along the slice normal of the diagnostic series; ``positions`` (z,) mm;
-``spacing`` (dz, dy, dx) mm), ``DIR/reads.csv`` and, with ``fault_rate > 0``, ``DIR/faults.csv``.
+``spacing`` (dz, dy, dx) mm), ``DIR/reads.csv``, with ``fault_rate > 0`` ``DIR/faults.csv``, and
+with ``drift_site`` ``DIR/drift.json`` (:class:`.drift.DriftRecord`).
 """
 
 from __future__ import annotations
 
 import csv
+import datetime as dt
+import json
 import multiprocessing as mp
 import os
 import sys
@@ -21,10 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from bloodnet_ops.synth import faults
+from bloodnet_ops.synth.drift import DriftSpec, apply_drift, parse_date
 from bloodnet_ops.synth.plan import StudyPlan, plan_studies
 from bloodnet_ops.synth.reads import READS_HEADER, LesionNote, StudyTruth, make_reads
 from bloodnet_ops.synth.study import RenderedStudy, render_study
 from bloodnet_ops.synth.tissue import SUBTYPE_NAMES, Subtype
+from bloodnet_ops.synth.vendors import site_profiles
 from bloodnet_ops.synth.writer import write_series
 
 LABELS_HEADER = ("study_uid", "site", "ich", "subtypes", "volume_ml", "series_uid")
@@ -163,6 +168,10 @@ def generate_dataset(
     fault_rate: float = 0.0,
     workers: int | None = None,
     progress: bool | None = None,
+    nights: int | None = None,
+    drift_site: str | None = None,
+    drift_from: dt.date | str | None = None,
+    drift_kind: str = "scanner",
 ) -> SynthSummary:
     """Write a synthetic multi-site head-CT data set under ``out``.
 
@@ -174,7 +183,8 @@ def generate_dataset(
         Size and identity: the same seed gives the same UIDs and the same pixels, whatever
         ``workers`` is.
     positive_rate
-        Fraction of studies with blood (exactly ``round(positive_rate * studies)``).
+        Fraction of studies with blood (exactly ``round(positive_rate * studies)``, unless
+        ``population`` drift changes the drifted studies).
     matrix
         Rows = columns of the axial series (128, 256 or 512).
     reads_miss_rate
@@ -186,14 +196,31 @@ def generate_dataset(
         process.
     progress
         Progress bar on stderr; ``None`` = only when stderr is a terminal.
+    nights
+        StudyDates are spread uniformly over this many consecutive days from
+        :data:`.plan.FIRST_NIGHT` (2025-03-03); default about a dozen studies a night, at least 3.
+    drift_site, drift_from, drift_kind
+        Inject drift: from StudyDate ``drift_from`` (a date or ``YYYY-MM-DD``) on, the studies of
+        ``drift_site`` come from a new scanner (``"scanner"``: other manufacturer, kernel,
+        intercept, thinner slices), the same scanners with thin slices (``"thin-slices"``), or a
+        sicker population (``"population"``: more positives, larger bleeds); see
+        :mod:`.drift`. Recorded in ``DIR/drift.json``.
     """
     if matrix not in (64, 128, 256, 384, 512):
         raise ValueError(f"matrix must be one of 64, 128, 256, 384, 512, got {matrix}")
     t0 = time.perf_counter()
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
+    if (drift_site is None) != (drift_from is None):
+        raise ValueError("drift needs both drift_site and drift_from")
+    spec = (DriftSpec(drift_site, parse_date(drift_from), drift_kind)
+            if drift_site is not None and drift_from is not None else None)
     plans = plan_studies(studies=studies, sites=sites, seed=seed, positive_rate=positive_rate,
-                         matrix=matrix, fault_rate=fault_rate)
+                         matrix=matrix, fault_rate=fault_rate, nights=nights)
+    drift = None
+    if spec is not None:
+        plans, drift = apply_drift(plans, spec, seed=seed,
+                                   site_scanners=site_profiles(sites, seed)[spec.site])
     n_workers = _default_workers(studies, matrix) if workers is None else max(1, int(workers))
     outcomes: list[StudyOutcome] = []
     jobs = [(pl, str(root)) for pl in plans]
@@ -224,6 +251,9 @@ def generate_dataset(
     if fault_rate > 0:
         paths["faults"] = root / "faults.csv"
         _write_csv(paths["faults"], faults.FAULTS_HEADER, fault_rows)
+    if drift is not None:
+        paths["drift"] = root / "drift.json"
+        paths["drift"].write_text(json.dumps(drift.to_json(), indent=2) + "\n")
     counts = {
         "studies": len(outcomes),
         "positives": sum(o.label[2] for o in outcomes),
@@ -233,6 +263,7 @@ def generate_dataset(
         "series": 3 * len(outcomes),
         **{name: sum(name in o.truth.subtypes for o in outcomes) for name in SUBTYPE_NAMES},
         **read_counts,
+        "drifted": len(drift.studies) if drift is not None else 0,
     }
     site_names = sorted({pl.site for pl in plans})
     return SynthSummary(counts=counts, sites=site_names, seconds=time.perf_counter() - t0,

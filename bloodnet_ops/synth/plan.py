@@ -18,7 +18,8 @@ FAULT_KINDS: tuple[str, ...] = (
     "slice_gap", "contrast", "not_head", "missing_rescale", "truncated", "non_dicom", "empty",
     "duplicate",
 )
-_FIRST_NIGHT = dt.date(2025, 3, 3)
+#: The StudyDate of the first night of every data set.
+FIRST_NIGHT = dt.date(2025, 3, 3)
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class StudyPlan:
     fault: str | None
     matrix: int
     strong_mimics: bool
+    bleed_draws: int = 1  #: lesion sets drawn, the largest kept (>1: larger bleeds)
 
     def uid(self, *parts: object) -> str:
         """A deterministic UID for anything in this study (e.g. an instance)."""
@@ -67,13 +69,20 @@ def _uid(seed: int, *parts: object) -> str:
     return synth_uid("bloodnet-synth", seed, *parts)
 
 
+def default_nights(studies: int) -> int:
+    """Nights a data set spans unless told: about a dozen studies a night, at least three."""
+    return max(3, int(np.ceil(studies / 12)))
+
+
 def plan_studies(
     *, studies: int, sites: int, seed: int, positive_rate: float, matrix: int,
-    fault_rate: float,
+    fault_rate: float, nights: int | None = None,
 ) -> list[StudyPlan]:
     """Plan a data set. Positives are exactly ``round(positive_rate * studies)``; their lead
     subtypes cycle through a shuffled list of the five; faults are ``round(fault_rate * studies)``
-    studies (at least one when the rate is positive) with kinds cycled the same way."""
+    studies (at least one when the rate is positive) with kinds cycled the same way. StudyDates
+    are drawn uniformly from ``nights`` consecutive days from :data:`FIRST_NIGHT` (default
+    :func:`default_nights`)."""
     if studies < 1 or sites < 1:
         raise ValueError(f"studies and sites must be >= 1, got studies={studies} sites={sites}")
     if not 0.0 <= positive_rate <= 1.0 or not 0.0 <= fault_rate <= 1.0:
@@ -91,7 +100,9 @@ def plan_studies(
     kinds = [FAULT_KINDS[i] for i in rng.permutation(len(FAULT_KINDS))]
     for j, idx in enumerate(sorted(rng.permutation(studies)[:n_fault].tolist())):
         fault_of[idx] = kinds[j % len(kinds)]
-    nights = max(3, int(np.ceil(studies / 12)))
+    nights = default_nights(studies) if nights is None else int(nights)
+    if nights < 1:
+        raise ValueError(f"nights must be >= 1, got {nights}")
     plans = []
     k_pos = 0
     site_count = dict.fromkeys(site_names, 0)
@@ -103,7 +114,7 @@ def plan_studies(
         if positive[i]:
             lead = leads[k_pos % len(leads)]
             k_pos += 1
-        day = _FIRST_NIGHT + dt.timedelta(days=int(rng.integers(0, nights)))
+        day = FIRST_NIGHT + dt.timedelta(days=int(rng.integers(0, nights)))
         secs = int(rng.integers(0, 86400))
         age = int(np.clip(rng.normal(62, 17), 18, 99))
         study_uid = _uid(seed, "study", i)

@@ -108,7 +108,10 @@ def _geometry(rng: np.random.Generator, profile: VendorProfile, p: AnatomyParams
     centre = np.array([recon[0] + off[0], recon[1] + off[1] + 0.02 * p.b, hz])
     rot = rotation(rng.uniform(-8, 8), rng.uniform(-12, 10), rng.uniform(-5, 5))
     coverage = rng.uniform(120.0, 150.0)
-    n = int(np.clip(round(coverage / thickness), 24, 48))
+    # 48 slices cap the usual 2.5-5 mm protocols; thin-slice ones (a site's new scanner) get
+    # as many as it takes to cover the head.
+    n = int(np.clip(round(coverage / thickness), 24,
+                    48 if thickness >= 2.5 else int(150 // thickness)))
     top = hz + (p.c + p.skull_t + p.scalp_t) * 0.98 + rng.uniform(-3.0, 4.0)
     positions = np.round(top - thickness * np.arange(n)[::-1], 2)
     geo = Geometry(positions=positions, thickness=thickness, pixel_spacing=ps,
@@ -144,6 +147,10 @@ def render_study(plan: StudyPlan, *, lesions: list[Subtype] | None = None) -> Re
     if plan.positive or lesions:
         subtypes = lesions if lesions else choose_subtypes(rng, plan.lead)
         planned = hemorrhage.plan_lesions(rng, subtypes, p)
+        for _ in range(plan.bleed_draws - 1):  # a population with larger bleeds
+            alt = hemorrhage.plan_lesions(rng, subtypes, p)
+            if sum(x.target_ml for x in alt) > sum(x.target_ml for x in planned):
+                planned = alt
         p = hemorrhage.with_mass_effect(p, planned)
     mplan = mimics.plan_mimics(rng, strong=plan.strong_mimics)
     p = mimics.with_dense_sinus(p, mplan)

@@ -8,7 +8,7 @@ thickness, slice order, implicit or explicit VR little endian.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -131,7 +131,43 @@ PROFILES: tuple[VendorProfile, ...] = (
     ),
 )
 
-BY_KEY: dict[str, VendorProfile] = {p.key: p for p in PROFILES}
+#: Scanners a site installs later (``generate_dataset(drift_site=...)``, :mod:`.drift`). Not in
+#: :data:`PROFILES`, so no site starts with one. Both reconstruct thin (2 mm) slices and use an
+#: intercept that differs from those of the sites they replace a scanner at (Siemens' extended CT
+#: scale writes -8192).
+NEW_SCANNERS: tuple[VendorProfile, ...] = (
+    VendorProfile(
+        key="siemens-force", manufacturer="SIEMENS", model="SOMATOM Force",
+        software="syngo CT VB10A", pixel_representation=0, bits_stored=16, intercept=-8192.0,
+        slope=1.0, padding=None, outside=7168, soft_kernel="Hr38", bone_kernel="Hr64",
+        thicknesses=(2.0,), implicit_vr=False, descending=True, kvps=(100.0, 120.0),
+        fov=(220.0, 240.0), noise=(3.0, 4.5), slice_location=True, two_windows=False,
+        names=("Topogram  0.6  Tr20f", "Head  {t}  Hr38", "Head  {t}  Hr64"), holder=0.6,
+        bone_window=(500.0, 2000.0),
+    ),
+    VendorProfile(
+        key="philips-incisive", manufacturer="Philips", model="Incisive CT", software="5.0.1",
+        pixel_representation=1, bits_stored=16, intercept=-1000.0, slope=1.0, padding=-2000,
+        outside=-2000, soft_kernel="UC", bone_kernel="YD", thicknesses=(2.0,),
+        implicit_vr=False, descending=False, kvps=(120.0,), fov=(220.0, 240.0),
+        noise=(3.0, 4.5), slice_location=True, two_windows=False,
+        names=("Surview", "Brain {t}mm iDose", "Bone {t}mm iDose"), holder=0.5,
+    ),
+)
+
+#: Slice thickness of a site's own scanners after a protocol change to thin slices.
+THIN_SLICE_MM = 2.0
+THIN_SUFFIX = "+thin"
+
+
+def thin_variant(profile: VendorProfile) -> VendorProfile:
+    """The same scanner reconstructing :data:`THIN_SLICE_MM` slices (a protocol change)."""
+    return replace(profile, key=profile.key + THIN_SUFFIX, thicknesses=(THIN_SLICE_MM,))
+
+
+BY_KEY: dict[str, VendorProfile] = {
+    p.key: p for p in (*PROFILES, *NEW_SCANNERS, *(thin_variant(q) for q in PROFILES))
+}
 
 
 def site_name(i: int) -> str:
@@ -149,3 +185,14 @@ def site_profiles(sites: int, seed: int) -> dict[str, tuple[VendorProfile, Vendo
         b = PROFILES[(start + 2 * i + 1) % len(PROFILES)]
         out[site_name(i)] = (a, b)
     return out
+
+
+def new_scanner_for(current: tuple[VendorProfile, ...]) -> VendorProfile:
+    """The scanner that replaces a site's ``current`` ones: the first of :data:`NEW_SCANNERS`
+    whose manufacturer, kernels and intercept all differ from theirs, so every acquisition field
+    the drift monitor compares changes."""
+    for cand in NEW_SCANNERS:
+        if all(cand.manufacturer != p.manufacturer and cand.intercept != p.intercept
+               and cand.soft_kernel != p.soft_kernel for p in current):
+            return cand
+    raise ValueError(f"no new scanner differs from {[p.key for p in current]}")
