@@ -1,0 +1,203 @@
+"""Training learns, checkpoints load, and the model CLI works end to end on synthetic DICOM."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from bloodnet_ops.model.augment import PASTE_CODE, AugmentConfig, augment, paste_blob
+from bloodnet_ops.model.data import CachedStudy, SliceSampler, StudyLabel, split_studies
+from bloodnet_ops.model.infer import pick_device, sigmoid
+from bloodnet_ops.model.metrics import roc_auc
+from bloodnet_ops.model.train import TrainConfig, fit, study_scores
+
+SIZE = 48
+TINY_WIDTHS = (8, 16, 32, 64)
+
+
+def _phantom_study(rng: np.random.Generator, uid: str, positive: bool, z: int = 10
+                   ) -> CachedStudy:
+    """A prepared head: skull ring, 35 HU brain, noise; positives get a 70 HU bleed over 1-3
+    slices (a planted bright blob the model must find)."""
+    yy, xx = np.mgrid[:SIZE, :SIZE] - SIZE / 2
+    r = np.hypot(yy, xx)
+    hu = np.full((z, SIZE, SIZE), -1000.0, np.float32)
+    hu[:, r < SIZE * 0.45] = 1100.0
+    hu[:, r < SIZE * 0.40] = 35.0
+    hu += rng.normal(0, 4, hu.shape).astype(np.float32)
+    mask = np.zeros(hu.shape, np.uint8)
+    subs: tuple[str, ...] = ()
+    if positive:
+        k0, n = int(rng.integers(1, z - 3)), int(rng.integers(1, 4))
+        cy, cx = rng.uniform(-SIZE * 0.2, SIZE * 0.2, 2)
+        blob = np.hypot(yy - cy, xx - cx) < rng.uniform(2.5, 5)
+        for k in range(k0, k0 + n):
+            hu[k][blob] = 70.0 + rng.normal(0, 4, int(blob.sum()))
+            mask[k][blob] = 4
+        subs = ("IPH",)
+    label = StudyLabel(uid, f"site-{int(uid[-1]) % 2}", positive, subs,
+                       float(mask.astype(bool).sum() * 5 * 0.8 * 0.8 / 1000), "")
+    return CachedStudy(label, hu.astype(np.float16), mask, (5.0, 0.8, 0.8))
+
+
+def _phantoms(n: int, seed: int) -> list[CachedStudy]:
+    rng = np.random.default_rng(seed)
+    return [_phantom_study(rng, f"1.2.{seed}.{i}", i % 2 == 0) for i in range(n)]
+
+
+def test_sampler_balances_blood_and_no_blood() -> None:
+    studies = _phantoms(6, seed=1)
+    sampler = SliceSampler(studies)
+    hu, mask, labels, has = sampler.batch(np.random.default_rng(0), 20)
+    assert hu.shape == (20, 3, SIZE, SIZE) and mask.shape == (20, SIZE, SIZE)
+    assert labels.sum() == 10
+    assert np.array_equal(labels > 0, (mask.reshape(20, -1) > 0).any(axis=1))
+    assert has.all()
+
+
+def test_study_split_is_stratified_and_deterministic() -> None:
+    studies = _phantoms(20, seed=2)
+    a_train, a_val = split_studies(studies, val_frac=0.25, seed=5)
+    _, b_val = split_studies(studies, val_frac=0.25, seed=5)
+    assert [s.label.study_uid for s in a_val] == [s.label.study_uid for s in b_val]
+    assert len(a_train) + len(a_val) == 20
+    assert {s.label.ich for s in a_val} == {True, False}
+    assert not {s.label.study_uid for s in a_train} & {s.label.study_uid for s in a_val}
+
+
+def test_augmentation_keeps_shapes_labels_and_is_seeded() -> None:
+    studies = _phantoms(4, seed=3)
+    hu, mask, _, _ = SliceSampler(studies).batch(np.random.default_rng(1), 6)
+    hu_t, mask_t = torch.from_numpy(hu), torch.from_numpy(mask)
+    a = augment(hu_t, mask_t, generator=torch.Generator().manual_seed(4))
+    b = augment(hu_t, mask_t, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert a[0].shape == hu_t.shape and a[1].shape == mask_t.shape
+    assert set(torch.unique(a[1]).tolist()) <= {0, 4}
+    # pure calibration shift: +offset HU everywhere, nothing else
+    cfg = AugmentConfig(flip_p=0, rotate_deg=0, scale=(1, 1), shift=0, noise_sd=(0, 0),
+                        corr_noise_p=0, blur_p=0, sharpen_p=0, partial_volume_p=0, lesion_p=0,
+                        paste_p=0, hu_gain=0, hu_offset=20)
+    c, m = augment(hu_t, mask_t, cfg=cfg, generator=torch.Generator().manual_seed(0))
+    diff = (c - hu_t).flatten(1)
+    assert torch.allclose(diff.max(dim=1).values, diff.min(dim=1).values, atol=1e-2)
+    assert float(diff.abs().max()) <= 20.0 + 1e-3
+    assert torch.equal(m, mask_t)
+
+
+def test_pasted_blobs_are_blood_dense_inside_brain_and_labelled() -> None:
+    studies = _phantoms(4, seed=5)
+    neg = next(s for s in studies if not s.label.ich)
+    hu = torch.from_numpy(neg.hu[3:6].astype(np.float32))[None]
+    mask = torch.zeros(SIZE, SIZE, dtype=torch.uint8)
+    out, new = paste_blob(hu, mask, AugmentConfig(), torch.Generator().manual_seed(2))
+    blob = new > 0
+    assert blob.sum() > 3
+    assert set(torch.unique(new).tolist()) == {0, PASTE_CODE}
+    assert 45 < float(out[0, 1][blob].mean()) < 100  # blood density
+    assert float(hu[0, 1][blob].mean()) < 45  # where brain was
+    skull = hu[0, 1] > 500
+    assert torch.equal(out[0, 1][skull], hu[0, 1][skull])  # bone and air are never touched
+
+
+def test_short_training_learns_a_planted_bleed() -> None:
+    train, val, test = _phantoms(32, seed=10), _phantoms(10, seed=11), _phantoms(16, seed=12)
+    cfg = TrainConfig(variant="bloodnet", size=SIZE, epochs=4, steps_per_epoch=20, batch_size=8,
+                      widths=TINY_WIDTHS, study_epochs=15, progress=False, seed=0, threads=1)
+    res = fit(train, val, cfg)
+    losses = [h["loss"] for h in res.history]
+    assert losses[-1] < losses[0]
+    assert 0.0 < res.threshold < 1.0
+    logits, bloods = study_scores(res.model, test, pick_device("cpu"))
+    y = np.array([s.label.ich for s in test])
+    auc = roc_auc(y, sigmoid(logits[:, 0]))
+    assert auc >= 0.8, auc
+    assert bloods[0] is not None and bloods[0].shape == test[0].hu.shape
+
+
+def test_training_is_deterministic_for_a_seed() -> None:
+    train = _phantoms(8, seed=20)
+    cfg = TrainConfig(variant="cls-only", size=SIZE, epochs=1, steps_per_epoch=3, batch_size=4,
+                      widths=TINY_WIDTHS, study_epochs=1, progress=False, seed=3, threads=1)
+    a, b = fit(train, [], cfg), fit(train, [], cfg)
+    for (na, pa), (_, pb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(pa, pb), na
+
+
+# ----------------------------------------------------------------- synthetic DICOM + the CLI
+@pytest.fixture(scope="module")
+def cli_model(synth_small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from bloodnet_ops.cli import app
+
+    out = tmp_path_factory.mktemp("model") / "tiny.pt"
+    cache = tmp_path_factory.mktemp("cache")
+    res = CliRunner().invoke(app, [
+        "train", "--data", str(synth_small), "--out", str(out), "--epochs", "1", "--steps", "3",
+        "--batch", "4", "--size", "64", "--widths", "4,8,16,32", "--study-epochs", "2",
+        "--val-frac", "0.34", "--threads", "1", "--cache", str(cache)])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_synthetic_data_set_loads_with_masks_aligned(synth_small: Path, tmp_path: Path) -> None:
+    from bloodnet_ops.model.data import build_cache, read_labels
+
+    labels = read_labels(synth_small / "labels.csv")
+    studies = build_cache(synth_small, tmp_path, size=64, progress=False)
+    assert len(studies) == len(labels) == 6
+    for s in studies:
+        assert s.mask is not None and s.mask.shape == s.hu.shape
+        assert s.hu.shape[1:] == (64, 64)
+        native = np.load(synth_small / "masks" / f"{s.label.study_uid}.npz")["mask"]
+        assert bool(native.any()) == s.label.ich
+        if s.label.ich and s.label.volume_ml > 5:  # large bleeds survive slabs and resampling
+            est = float((s.mask > 0).sum() * np.prod(s.voxel_mm) / 1000)
+            assert est == pytest.approx(s.label.volume_ml, rel=0.5)
+    again = build_cache(synth_small, tmp_path, size=64, progress=False)  # from the cache
+    assert [a.label for a in again] == [s.label for s in studies]
+
+
+def test_cli_eval_reports_auc_with_ci(cli_model: Path, synth_small: Path, tmp_path: Path
+                                      ) -> None:
+    from bloodnet_ops.cli import app
+
+    res = CliRunner().invoke(app, ["eval", "--data", str(synth_small), "--model", str(cli_model),
+                                   "--json", "--boot", "200", "--cache", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout)
+    assert rep["studies"] == 6
+    auc = rep["study_auc"]
+    assert auc["ci_low"] <= auc["auc"] <= auc["ci_high"]
+    assert set(rep["operating_point"]) >= {"sensitivity", "specificity", "ppv", "npv"}
+    assert rep["per_site"] and rep["model_version"].startswith("bloodnet-bloodnet-")
+
+
+def test_cli_predict_follows_the_json_contract(cli_model: Path, synth_small: Path) -> None:
+    from bloodnet_ops.cli import app
+
+    res = CliRunner().invoke(app, ["predict", str(synth_small), "--model", str(cli_model),
+                                   "--json"])
+    assert res.exit_code == 0, res.output
+    docs = json.loads(res.stdout)
+    assert isinstance(docs, list)
+    studies = [d for d in docs if d["study_uid"] is not None]
+    assert len(studies) == 6
+    keys = {"study_uid", "series_uid", "site", "verdict", "reasons", "probability", "positive",
+            "volume_ml", "subtypes"}
+    for d in studies:
+        assert keys <= set(d)
+        assert d["verdict"] in ("accept", "accept_with_warning", "reject")
+        if d["verdict"] == "reject":
+            assert d["probability"] is None
+        else:
+            assert 0.0 <= d["probability"] <= 1.0
+            assert isinstance(d["positive"], bool) and d["volume_ml"] >= 0
+            assert set(d["subtypes"]) <= {"EDH", "SDH", "SAH", "IPH", "IVH"}
+    for d in docs:
+        if d["study_uid"] is None:
+            assert d["key"] and d["reasons"]
