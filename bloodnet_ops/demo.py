@@ -246,8 +246,9 @@ def start_services(out: Path) -> DemoServices:
 
 def generate_and_upload(out: Path, *, studies: int, sites: int, seed: int, matrix: int,
                         s3_env: dict[str, str]) -> dict[str, Any]:
-    """Synthetic studies (with faults) under ``<out>/data``, uploaded to the demo bucket; the
-    reads go to ``reads/`` (outside the scanned prefix), labels and masks stay local."""
+    """Synthetic studies (with faults) under ``<out>/data``, uploaded to the demo bucket and
+    removed locally; the reads go to ``reads/`` (outside the scanned prefix); labels, masks and
+    the fault list stay in ``<out>/data``."""
     from bloodnet_ops import synth
     from bloodnet_ops.storage import s3_client, upload_folder
 
@@ -264,6 +265,7 @@ def generate_and_upload(out: Path, *, studies: int, sites: int, seed: int, matri
         n = 0
         for site_dir in sorted(p for p in data.iterdir() if p.is_dir() and p.name != "masks"):
             n += upload_folder(site_dir, DEMO_BUCKET, f"{INCOMING}/{site_dir.name}")
+            shutil.rmtree(site_dir)  # the bucket holds them now; halves the demo's disk use
         extra = sorted(p for p in data.iterdir() if p.is_file() and p.suffix == ".dcm")
         if extra:  # stray objects at the top level (faults) belong to the night too
             client = s3_client()
