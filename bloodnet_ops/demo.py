@@ -366,6 +366,18 @@ def _analytics_summary(conn) -> dict[str, Any]:
     return out
 
 
+def _analytics_and_dashboard(db_url: str) -> dict[str, Any]:
+    """Audit/drift summary lines and the dashboard's views plus a fresh local token."""
+    import secrets
+
+    from bloodnet_ops.audit.summary import summary_lines
+    from bloodnet_ops.dashboard.views import apply_views
+
+    apply_views(db_url)
+    return {"analytics_lines": summary_lines(db_url),
+            "dashboard_token": secrets.token_urlsafe(18)}
+
+
 def format_report(rep: dict[str, Any], *, db_url: str, outputs_uri: str,
                   timings: dict[str, float]) -> str:
     """The human-readable report (plain text, no PHI)."""
@@ -387,17 +399,15 @@ def format_report(rep: dict[str, Any], *, db_url: str, outputs_uri: str,
                      f"{rep['seconds_per_study']:.2f} s per scored study "
                      f"({60 / rep['seconds_per_study']:.0f} studies/min), model "
                      f"{rep['model_version']}")
-    if "audit_worklist" in rep:
-        lines.append("audit worklist: " + (", ".join(f"{k} {v}" for k, v in
-                                                     rep["audit_worklist"].items()) or "empty"))
-    if "drift_alerts" in rep:
-        lines.append(f"drift alerts: {rep['drift_alerts']}")
+    lines.extend(rep.get("analytics_lines", []))
     lines.append("")
     shown = make_url(db_url).render_as_string(hide_password=True)
     lines.append(f"results DB      {shown}")
     lines.append(f"DICOM SEG / SR  {outputs_uri}/<model_version>/<study_uid>/{{seg,sr}}.dcm "
                  f"({rep['n_seg']} SEG, {rep['n_sr']} SR)")
-    lines.append(f"dashboard       bloodnet dashboard --db '{shown}'")
+    token = rep.get("dashboard_token", "<choose a token>")
+    lines.append(f"dashboard       BLOODNET_DASHBOARD_TOKEN={token} bloodnet dashboard --db '{shown}'")
+    lines.append(f"                then open http://127.0.0.1:8050/overview?token={token}")
     lines.append("timings         " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
     return "\n".join(lines)
 
@@ -477,6 +487,7 @@ def run_demo(
             if res.returncode != 0:
                 echo(f"warning: {dag_id} failed (exit {res.returncode}); see {airflow_log}")
         rep = demo_report(svc.db_url)
+        rep.update(_analytics_and_dashboard(svc.db_url))
         timings["total"] = time.perf_counter() - t_start
         echo(format_report(rep, db_url=svc.db_url, outputs_uri=output_uri, timings=timings))
         if keep_services:
