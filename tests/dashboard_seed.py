@@ -10,6 +10,7 @@ drift statistics). Two writers put it into a migrated database:
   (the repository stamps ``now()``).
 - :func:`seed_bulk` (benchmark, a year × 20 sites): the same world written with COPY into the ORM
   tables, because the repository's per-night transactions would take many minutes at that size.
+  COPY fires the rollup triggers like any other insert, so the rollups fill as they would.
 
 Nothing here is PHI: accession numbers, patient ids and reader names are invented, and the few
 PHI-looking strings (an object key and a report with a patient name) exist so the tests can prove
@@ -502,37 +503,38 @@ def seed_bulk(url: str, world: World) -> dict[str, int]:
               p.night.isoformat()) for p in studies))
         counts["validation_results"] = _copy(
             cur, "validation_results",
-            ("study_uid", "run_id", "source_uri", "series_uid", "verdict", "reasons", "n_slices",
-             "validated_at"),
+            ("study_uid", "run_id", "source_uri", "series_uid", "site", "verdict", "reasons",
+             "n_slices", "validated_at"),
             ((p.study_uid, run_of[p.study_uid].run_id, "s3://bloodnet-incoming", p.series_uid,
-              p.verdict.value, _pg_array([r.value for r in p.reasons]), 32,
+              p.site, p.verdict.value, _pg_array([r.value for r in p.reasons]), 32,
               run_of[p.study_uid].started_at.isoformat()) for p in studies))
         cur.execute("SELECT study_uid, id FROM validation_results")
         vid = dict(cur.fetchall())
         counts["expectation_results"] = _copy(
             cur, "expectation_results",
-            ("validation_id", "study_uid", "run_id", "ordinal", "suite", "expectation",
+            ("validation_id", "study_uid", "run_id", "site", "ordinal", "suite", "expectation",
              "column_name", "success", "observed", "reason", "created_at"),
-            ((vid[p.study_uid], p.study_uid, run_of[p.study_uid].run_id, i, c.suite,
+            ((vid[p.study_uid], p.study_uid, run_of[p.study_uid].run_id, p.site, i, c.suite,
               c.expectation, c.column, c.success, json.dumps(c.observed),
               c.reason.value if c.reason else None, run_of[p.study_uid].started_at.isoformat())
              for p in studies for i, c in enumerate(p.checks)))
         counts["quarantine"] = _copy(
             cur, "quarantine",
-            ("run_id", "source_uri", "kind", "ref", "study_uid", "object_key", "reason",
+            ("run_id", "source_uri", "kind", "ref", "study_uid", "object_key", "site", "reason",
              "reasons", "detail", "created_at"),
             [(run_of[p.study_uid].run_id, "s3://bloodnet-incoming", "study", p.study_uid,
-              p.study_uid, None, p.reasons[0].value, _pg_array([r.value for r in p.reasons]), "",
+              p.study_uid, None, p.site, p.reasons[0].value,
+              _pg_array([r.value for r in p.reasons]), "",
               run_of[p.study_uid].started_at.isoformat())
              for p in studies if p.verdict == Verdict.REJECT]
-            + [(r.run_id, "s3://bloodnet-incoming", "object", u.key, None, u.key,
+            + [(r.run_id, "s3://bloodnet-incoming", "object", u.key, None, u.key, None,
                 u.reason.value, _pg_array([u.reason.value]), u.detail, r.started_at.isoformat())
                for r in world.runs for u in r.unreadable])
         counts["hu_stats"] = _copy(
             cur, "hu_stats",
-            ("study_uid", "run_id", "series_uid", "air_peak", "brain_median", "p01", "p99",
-             "min", "max", "mean", "std", "created_at"),
-            ((p.study_uid, run_of[p.study_uid].run_id, p.series_uid, p.hu.air_peak,
+            ("study_uid", "run_id", "site", "series_uid", "air_peak", "brain_median", "p01",
+             "p99", "min", "max", "mean", "std", "created_at"),
+            ((p.study_uid, run_of[p.study_uid].run_id, p.site, p.series_uid, p.hu.air_peak,
               p.hu.brain_median, p.hu.p01, p.hu.p99, p.hu.min, p.hu.max, p.hu.mean, p.hu.std,
               run_of[p.study_uid].started_at.isoformat()) for p in studies if p.hu is not None))
         threshold = {m.model_version: m for m in world.models}
@@ -565,11 +567,20 @@ def seed_bulk(url: str, world: World) -> dict[str, int]:
         counts.update(_bulk_drift(raw.cursor(), world))
         raw.commit()
         raw.driver_connection.autocommit = True  # VACUUM refuses to run in a transaction
-        raw.driver_connection.cursor().execute("VACUUM ANALYZE")
+        cur = raw.driver_connection.cursor()
+        cur.execute("VACUUM ANALYZE")
+        for table in ROLLUP_TABLES:  # filled by the triggers as COPY wrote the tables above
+            cur.execute(f"SELECT count(*) FROM {table}")
+            counts[table] = cur.fetchone()[0]
     finally:
         raw.close()
     engine.dispose()
     return counts
+
+
+#: The per-run rollups (migration 0003), reported with the seeded row counts.
+ROLLUP_TABLES = ("rollup_validation", "rollup_findings", "rollup_run_seconds", "rollup_hu",
+                 "rollup_failed_expectations", "rollup_quarantine")
 
 
 def _bulk_drift(cur, world: World) -> dict[str, int]:

@@ -431,6 +431,91 @@ def test_models_page_shows_versions_usage_and_ablation(dashboard_db, db, tmp_pat
 
 
 # ------------------------------------------------------------------ views and database access
+#: Each aggregate view (read from the trigger-kept rollups) next to the same figures computed from
+#: the per-row tables and views: the rollups must never drift from the rows they sum.
+AGGREGATES_FROM_ROWS: dict[str, tuple[str, str]] = {
+    "v_quality_by_site": (
+        (
+            "SELECT night, site, studies, accepted, warned, rejected, reject_rate"
+            " FROM v_quality_by_site"
+        ),
+        (
+            "SELECT night, site, count(*), count(*) FILTER (WHERE verdict = 'accept'),"
+            " count(*) FILTER (WHERE verdict = 'accept_with_warning'),"
+            " count(*) FILTER (WHERE verdict = 'reject'),"
+            " (count(*) FILTER (WHERE verdict = 'reject'))::float8 / count(*)"
+            " FROM v_validation_nights GROUP BY 1, 2"
+        ),
+    ),
+    "v_findings_by_site": (
+        (
+            "SELECT night, site, scored, positives, median_seconds, total_seconds"
+            " FROM v_findings_by_site"
+        ),
+        (
+            "SELECT night, site, count(*), count(*) FILTER (WHERE positive),"
+            " percentile_cont(0.5) WITHIN GROUP (ORDER BY load_seconds + infer_seconds),"
+            " sum(load_seconds + infer_seconds) FROM v_finding_nights GROUP BY 1, 2"
+        ),
+    ),
+    "v_findings_by_night": (
+        ("SELECT night, scored, median_seconds FROM v_findings_by_night"),
+        (
+            "SELECT night, count(*),"
+            " percentile_cont(0.5) WITHIN GROUP (ORDER BY load_seconds + infer_seconds)"
+            " FROM v_finding_nights GROUP BY 1"
+        ),
+    ),
+    "v_hu_trends": (
+        (
+            "SELECT night, site, n, air_peak, brain_median, p01, p99, mean, std FROM v_hu_trends"
+        ),
+        (
+            "SELECT COALESCE((r.started_at AT TIME ZONE 'UTC')::date,"
+            " (h.created_at AT TIME ZONE 'UTC')::date), h.site, count(*), avg(h.air_peak),"
+            " avg(h.brain_median), avg(h.p01), avg(h.p99), avg(h.mean), avg(h.std)"
+            " FROM hu_stats h LEFT JOIN inference_runs r ON r.run_id = h.run_id GROUP BY 1, 2"
+        ),
+    ),
+    "v_rejects_by_reason": (
+        (
+            "SELECT night, site, reason, kind, n FROM v_rejects_by_reason"
+        ),
+        (
+            "SELECT night, COALESCE(site, '(unknown)'), reason, kind, count(*) FROM v_quarantine"
+            " GROUP BY 1, 2, 3, 4"
+        ),
+    ),
+    "v_model_usage": (
+        (
+            "SELECT model_version, night, findings, positives, sites FROM v_model_usage"
+        ),
+        (
+            "SELECT model_version, night, count(*), count(*) FILTER (WHERE positive),"
+            " count(DISTINCT site) FROM v_finding_nights GROUP BY 1, 2"
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("view", sorted(AGGREGATES_FROM_ROWS))
+def test_aggregate_views_equal_the_rows_they_sum(dashboard_db: DashboardDB, view: str) -> None:
+    from_view, from_rows = AGGREGATES_FROM_ROWS[view]
+    # A connection of its own, closed at once: the module's shared one stays in a transaction,
+    # and its locks on the views would block apply_views' DROP VIEW in a later test.
+    engine = create_engine(dashboard_db.url)
+    try:
+        with engine.connect() as conn:
+            got = sorted(tuple(r) for r in conn.execute(text(from_view)))
+            expected = sorted(tuple(r) for r in conn.execute(text(from_rows)))
+    finally:
+        engine.dispose()
+    assert len(got) == len(expected) > 0
+    for g, e in zip(got, expected, strict=True):
+        # Sums of floats in another order differ in the last bits; everything else is exact.
+        assert g == tuple(pytest.approx(v, rel=1e-12) if isinstance(v, float) else v for v in e)
+
+
 def test_views_apply_idempotently_and_are_granted_to_the_reader(dashboard_db) -> None:
     from bloodnet_ops.dashboard.views import apply_views, view_names
 

@@ -5,9 +5,12 @@ connections, and the roles grant what they should and nothing more."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import math
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -619,6 +622,288 @@ def test_retention_deletes_old_diagnostics_and_keeps_findings(
     assert again == {"expectation_results": 0, "quarantine": 0}
     with pytest.raises(Exception, match="keep_days must be at least 1"), engine.begin() as conn:
         conn.execute(text("SELECT * FROM bloodnet_retention(0)"))
+
+
+# ---------------------------------------------------------------------------------------------
+# rollups (migration 0003): per-run sums kept exact by triggers, whatever writes the tables
+
+#: Each rollup next to the same sums computed by hand from its table (zero rows left behind by
+#: groups that emptied are excluded; _assert_rollups_exact checks they hold zeros only).
+ROLLUP_TRUTH: dict[str, tuple[str, str]] = {
+    "rollup_validation": (
+        (
+            "SELECT run_id, site, (validated_at AT TIME ZONE 'UTC')::date, count(*),"
+            " count(*) FILTER (WHERE verdict = 'accept'),"
+            " count(*) FILTER (WHERE verdict = 'accept_with_warning'),"
+            " count(*) FILTER (WHERE verdict = 'reject') FROM validation_results GROUP BY 1, 2, 3"
+        ),
+        (
+            "SELECT run_id, site, day, studies, accepted, warned, rejected FROM rollup_validation"
+            " WHERE studies <> 0"
+        ),
+    ),
+    "rollup_findings": (
+        (
+            "SELECT run_id, site, model_version, (created_at AT TIME ZONE 'UTC')::date, count(*),"
+            " count(*) FILTER (WHERE positive),"
+            " array_agg(load_seconds + infer_seconds ORDER BY load_seconds + infer_seconds)"
+            " FROM findings GROUP BY 1, 2, 3, 4"
+        ),
+        (
+            "SELECT run_id, site, model_version, day, scored, positives,"
+            " (SELECT array_agg(v ORDER BY v) FROM unnest(seconds) v) FROM rollup_findings"
+            " WHERE scored <> 0"
+        ),
+    ),
+    "rollup_hu": (
+        (
+            "SELECT run_id, site, (created_at AT TIME ZONE 'UTC')::date, count(*), count(air_peak),"
+            " round(COALESCE(sum(air_peak), 0)::numeric, 6), count(brain_median),"
+            " round(COALESCE(sum(brain_median), 0)::numeric, 6), round(sum(p01)::numeric, 6),"
+            " round(sum(p99)::numeric, 6), round(sum(mean)::numeric, 6),"
+            " round(sum(std)::numeric, 6)"
+            " FROM hu_stats GROUP BY 1, 2, 3"
+        ),
+        (
+            "SELECT run_id, site, day, n, air_peak_n, round(air_peak_sum::numeric, 6),"
+            " brain_median_n,"
+            " round(brain_median_sum::numeric, 6), round(p01_sum::numeric, 6),"
+            " round(p99_sum::numeric, 6), round(mean_sum::numeric, 6), round(std_sum::numeric, 6)"
+            " FROM rollup_hu WHERE n <> 0"
+        ),
+    ),
+    "rollup_failed_expectations": (
+        (
+            "SELECT run_id, site, (created_at AT TIME ZONE 'UTC')::date, count(*)"
+            " FROM expectation_results WHERE NOT success GROUP BY 1, 2, 3"
+        ),
+        (
+            "SELECT run_id, site, day, n FROM rollup_failed_expectations WHERE n <> 0"
+        ),
+    ),
+    "rollup_quarantine": (
+        (
+            "SELECT run_id, COALESCE(site, ''), (created_at AT TIME ZONE 'UTC')::date, kind,"
+            " reason,"
+            " count(*) FROM quarantine GROUP BY 1, 2, 3, 4, 5"
+        ),
+        (
+            "SELECT run_id, site, day, kind, reason, n FROM rollup_quarantine WHERE n <> 0"
+        ),
+    ),
+}
+ROLLUP_ZEROS = {
+    "rollup_validation": "studies = 0 AND (accepted, warned, rejected) <> (0, 0, 0)",
+    "rollup_findings": "scored = 0 AND (positives <> 0 OR cardinality(seconds) <> 0)",
+    "rollup_hu": "n = 0 AND (air_peak_n, brain_median_n) <> (0, 0)",
+    "rollup_failed_expectations": "n < 0",
+    "rollup_quarantine": "n < 0",
+}
+
+
+def _assert_rollups_exact(engine: Engine) -> dict[str, int]:
+    """Every rollup equals its table's sums; returns the non-empty groups per rollup."""
+    sizes = {}
+    with engine.connect() as conn:
+        for table, (truth, rollup) in ROLLUP_TRUTH.items():
+            expected = sorted(tuple(r) for r in conn.execute(text(truth)))
+            got = sorted(tuple(r) for r in conn.execute(text(rollup)))
+            assert got == expected, table
+            bad = conn.execute(text(f"SELECT count(*) FROM {table} WHERE {ROLLUP_ZEROS[table]}"))
+            assert bad.scalar_one() == 0, f"{table}: an emptied group holds non-zero values"
+            sizes[table] = len(got)
+        # The views' medians read the times as sorted arrays (a lookup, a binary search).
+        for table in ("rollup_findings", "rollup_run_seconds"):
+            unsorted = conn.execute(text(
+                f"SELECT count(*) FROM {table} WHERE seconds <> bloodnet_sorted(seconds)"))
+            assert unsorted.scalar_one() == 0, f"{table}: times not sorted"
+        run_truth = sorted(tuple(r) for r in conn.execute(text(
+            "SELECT run_id, (created_at AT TIME ZONE 'UTC')::date, count(*),"
+            " array_agg(load_seconds + infer_seconds ORDER BY load_seconds + infer_seconds)"
+            " FROM findings GROUP BY 1, 2")))
+        runs = sorted(tuple(r) for r in conn.execute(text(
+            "SELECT run_id, day, scored, seconds FROM rollup_run_seconds WHERE scored <> 0")))
+        assert runs == run_truth, "rollup_run_seconds"
+    return sizes
+
+
+@pytest.fixture
+def rollup_db(pg_server_url: str):
+    """A database of its own: the test truncates tables and downgrades the schema."""
+    name = f"bloodnet_rollup_{uuid.uuid4().hex[:10]}"
+    url = create_database(pg_server_url, name)
+    try:
+        yield url
+    finally:
+        drop_database(pg_server_url, name)
+
+
+def _seed_at_0002(url: str) -> None:
+    """Rows written by the 0002 schema (no site columns yet): one run with an inference run
+    row, one without, a failed expectation, quarantined items, HU statistics and findings."""
+    eng = create_engine(url)
+    with eng.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO sites (site) VALUES ('old-a'), ('old-b');"
+            "INSERT INTO studies (study_uid, site) VALUES ('9.1', 'old-a'), ('9.2', 'old-b');"
+            "INSERT INTO model_versions (model_version, weights_sha256, threshold, variant)"
+            " VALUES ('m-old', 'aa', 0.5, 'bloodnet');"
+            "INSERT INTO inference_runs (run_id, source_uri, model_version, started_at)"
+            " VALUES ('old-run', 's3://b', 'm-old', '2026-01-05 01:00+00');"
+            "INSERT INTO validation_results (study_uid, run_id, source_uri, verdict, validated_at)"
+            " VALUES ('9.1', 'old-run', 's3://b', 'accept', '2026-01-05 01:05+00'),"
+            " ('9.2', 'old-run', 's3://b', 'reject', '2026-01-05 01:05+00'),"
+            " ('9.1', 'old-cli', 's3://b', 'accept_with_warning', '2026-01-07 09:00+00');"
+            "INSERT INTO expectation_results (validation_id, study_uid, run_id, ordinal, suite,"
+            " expectation, success, created_at) SELECT id, study_uid, run_id, 0, 'series',"
+            " 'expect_x', verdict <> 'reject', validated_at FROM validation_results;"
+            "INSERT INTO quarantine (run_id, source_uri, kind, ref, study_uid, reason, created_at)"
+            " VALUES ('old-run', 's3://b', 'study', '9.2', '9.2', 'SLICE_GAP',"
+            " '2026-01-05 01:05+00'),"
+            " ('old-run', 's3://b', 'object', 'junk', NULL, 'UNREADABLE', '2026-01-05 01:05+00');"
+            "INSERT INTO hu_stats (study_uid, run_id, air_peak, brain_median, p01, p99, min, max,"
+            " mean, std, created_at) VALUES ('9.1', 'old-run', -1000, 35, -1020, 1500, -1024,"
+            " 3000, -400, 500, '2026-01-05 01:05+00'), ('9.1', 'old-cli', NULL, 36, -1010, 1400,"
+            " -1024, 3000, -410, 510, '2026-01-07 09:00+00');"
+            "INSERT INTO findings (series_uid, model_version, preprocessing_version, study_uid,"
+            " site, probability, positive, volume_ml, weights_sha256, run_id, load_seconds,"
+            " infer_seconds, created_at) VALUES ('9.1.1', 'm-old', 'p1', '9.1', 'old-a', 0.9,"
+            " true, 3, 'aa', 'old-run', 1.25, 0.5, '2026-01-05 01:10+00');"
+        ))
+    eng.dispose()
+
+
+def test_migration_backfills_sites_and_rollups_and_reverses_under_the_views(
+    rollup_db: str,
+) -> None:
+    from bloodnet_ops.dashboard.views import apply_views
+
+    migrate(rollup_db, "0002_audit_drift")
+    _seed_at_0002(rollup_db)
+    migrate(rollup_db)
+    eng = make_engine(rollup_db)
+    try:
+        with eng.connect() as conn:
+            sites = conn.execute(text(
+                "SELECT (SELECT array_agg(site ORDER BY id) FROM validation_results),"
+                " (SELECT array_agg(site ORDER BY validation_id) FROM expectation_results),"
+                " (SELECT array_agg(site ORDER BY run_id) FROM hu_stats),"
+                " (SELECT array_agg(site ORDER BY kind DESC) FROM quarantine)")).one()
+        assert tuple(sites) == (["old-a", "old-b", "old-a"], ["old-a", "old-b", "old-a"],
+                                ["old-a", "old-a"], ["old-b", None])
+        assert _assert_rollups_exact(eng) == {
+            "rollup_validation": 3, "rollup_findings": 1, "rollup_hu": 2,
+            "rollup_failed_expectations": 1, "rollup_quarantine": 2}
+        # The run without an inference_runs row counts on its own date, through the rollups.
+        apply_views(rollup_db)
+        with eng.connect() as conn:
+            rows = conn.execute(text(
+                "SELECT night, site, studies, warned FROM v_quality_by_site ORDER BY 1, 2")).all()
+            per_row = conn.execute(text(
+                "SELECT night, site, count(*), count(*) FILTER (WHERE verdict ="
+                " 'accept_with_warning') FROM v_validation_nights GROUP BY 1, 2 ORDER BY 1, 2"
+            )).all()
+        assert [tuple(r) for r in rows] == [tuple(r) for r in per_row] == [
+            (date(2026, 1, 5), "old-a", 1, 0), (date(2026, 1, 5), "old-b", 1, 0),
+            (date(2026, 1, 7), "old-a", 1, 1)]
+    finally:
+        eng.dispose()
+    # Down again with the dashboard views in place (they read what 0003 adds), and up.
+    downgrade(rollup_db, "0002_audit_drift")
+    assert current_revision(rollup_db) == "0002_audit_drift"
+    migrate(rollup_db)
+    eng = make_engine(rollup_db)
+    try:
+        assert _assert_rollups_exact(eng)["rollup_validation"] == 3
+    finally:
+        eng.dispose()
+
+
+def test_rollups_stay_exact_through_every_kind_of_write(rollup_db: str) -> None:
+    from bloodnet_ops.dashboard.views import apply_views
+
+    migrate(rollup_db)
+    apply_sql(rollup_db, SQL_DIR / "retention.sql")
+    eng = make_engine(rollup_db)
+    try:
+        report = make_report("rollup/")
+        repo.record_validation(eng, report, source_uri="s3://b/r", run_id="run-a")
+        assert _assert_rollups_exact(eng)["rollup_validation"] == 3  # site-a, site-b, unknown
+        repo.record_validation(eng, report, source_uri="s3://b/r", run_id="run-a")  # upserts
+        _assert_rollups_exact(eng)
+        # A rerun that sees another site moves the study's rows to it.
+        moved = dataclasses.replace(report.studies[0], site="site-c")
+        repo.record_validation(eng, ValidationReport([moved], [], []), source_uri="s3://b/r",
+                               run_id="run-a")
+        with eng.connect() as conn:
+            assert conn.execute(text(
+                "SELECT studies FROM rollup_validation WHERE site = 'site-a'")).scalar_one() == 0
+        _assert_rollups_exact(eng)
+
+        # Findings: insert, rescore, and move to another run (run_id is not part of the key).
+        repo.register_model_version(eng, model_version="m-r", weights_sha256="cd" * 32,
+                                    threshold=0.5, variant="bloodnet")
+        scored = [s for s in report.studies if s.series_uid]
+        repo.upsert_findings(eng, [_finding(s, "m-r", "run-a", 0.8) for s in scored])
+        _assert_rollups_exact(eng)
+        rescored = [dataclasses.replace(_finding(s, "m-r", "run-a", 0.3), infer_seconds=2.0)
+                    for s in scored]
+        repo.upsert_findings(eng, rescored)
+        _assert_rollups_exact(eng)
+        repo.upsert_findings(eng, [_finding(s, "m-r", "run-b", 0.6) for s in scored])
+        with eng.connect() as conn:
+            assert conn.execute(text(
+                "SELECT sum(scored) FROM rollup_findings WHERE run_id = 'run-a'")).scalar_one() == 0
+        _assert_rollups_exact(eng)
+
+        # Concurrent writers on the same run and site: no lost update.
+        many = [dataclasses.replace(scored[0], study_uid=_uid(), series_uid=_uid())
+                for _ in range(24)]
+        rows = [_finding(s, "m-r", "run-c", 0.1 * (i % 10)) for i, s in enumerate(many)]
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda chunk: repo.upsert_findings(eng, chunk),
+                          [rows[i::4] for i in range(4)]))
+        with eng.connect() as conn:
+            assert conn.execute(text(
+                "SELECT scored FROM rollup_findings WHERE run_id = 'run-c'")).scalar_one() == 24
+        _assert_rollups_exact(eng)
+        # Two runs on one night (neither has an inference_runs row): the night's median is
+        # taken over both, not looked up in one run's sorted times.
+        apply_views(rollup_db)
+        with eng.connect() as conn:
+            parts = conn.execute(text(
+                "SELECT max(n) FROM (SELECT count(*) AS n FROM v_run_seconds GROUP BY night) x"
+            )).scalar_one()
+            by_view = conn.execute(text(
+                "SELECT night, scored, median_seconds FROM v_findings_by_night")).all()
+            by_rows = conn.execute(text(
+                "SELECT night, count(*), percentile_cont(0.5) WITHIN GROUP"
+                " (ORDER BY load_seconds + infer_seconds) FROM v_finding_nights GROUP BY 1")).all()
+        assert parts == 2 and sorted(map(tuple, by_view)) == sorted(map(tuple, by_rows))
+
+        # Back-dating, retention, a cascade from studies, TRUNCATE.
+        with eng.begin() as conn:
+            for table, column in (("validation_results", "validated_at"),
+                                  ("expectation_results", "created_at"),
+                                  ("quarantine", "created_at"), ("hu_stats", "created_at"),
+                                  ("findings", "created_at")):
+                conn.execute(text(f"UPDATE {table} SET {column} = {column} - interval '400 days'"
+                                  " WHERE run_id IN ('run-a', 'run-b')"))
+        _assert_rollups_exact(eng)
+        with eng.begin() as conn:
+            deleted = dict(conn.execute(text("SELECT * FROM bloodnet_retention(180)")).all())
+        assert deleted["quarantine"] == 3 and deleted["expectation_results"] > 0
+        _assert_rollups_exact(eng)
+        with eng.begin() as conn:
+            conn.execute(text("DELETE FROM studies WHERE study_uid = :s"),
+                         {"s": report.studies[1].study_uid})
+        _assert_rollups_exact(eng)
+        with eng.begin() as conn:
+            conn.execute(text("TRUNCATE hu_stats"))
+            assert conn.execute(text("SELECT count(*) FROM rollup_hu")).scalar_one() == 0
+        assert _assert_rollups_exact(eng)["rollup_hu"] == 0
+    finally:
+        eng.dispose()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,13 +19,15 @@ STATEMENT_TIMEOUT_MS = 15_000
 #: Settings of the dashboard's own sessions (no other client is affected). Read-only makes every
 #: transaction refuse writes; the planner settings suit a read-mostly database whose hot pages are
 #: cached (index probes are cheap, sorts fit in memory, JIT compilation costs more than it saves
-#: on queries this size).
+#: on queries this size, and so does starting parallel workers: the pages read rollups of a few
+#: thousand rows, where a worker's start-up is most of the time on a busy server).
 SESSION_SETTINGS: dict[str, str] = {
     "default_transaction_read_only": "on",
     "statement_timeout": str(STATEMENT_TIMEOUT_MS),
     "random_page_cost": "1.1",
     "work_mem": "32MB",
     "jit": "off",
+    "max_parallel_workers_per_gather": "0",
 }
 
 UrlSource = str | Callable[[], str]

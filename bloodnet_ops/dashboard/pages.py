@@ -17,7 +17,13 @@ from urllib.parse import urlencode
 from sqlalchemy.engine import Connection
 
 from bloodnet_ops.dashboard import ablation, queries
-from bloodnet_ops.dashboard.charts import Series, bar_chart, group_series, line_chart
+from bloodnet_ops.dashboard.charts import (
+    Series,
+    bar_chart,
+    group_columns,
+    group_series,
+    line_chart,
+)
 from bloodnet_ops.db.models_audit import ADJUDICATION_OUTCOMES, AUDIT_KINDS
 from bloodnet_ops.reasons import DESCRIPTIONS
 
@@ -62,7 +68,6 @@ def _compact(value: Any) -> str:
 def overview(conn: Connection, *, days: int) -> dict[str, Any]:
     start, end = _window(conn, None, None, days)
     rollup = queries.overview_rollup(conn, start, end)
-    by_site_night = [r for r in rollup if r["level"] == "night_site"]
     nights = [r for r in rollup if r["level"] == "night"]
     totals = [r for r in rollup if r["level"] == "site"]
     runs = queries.recent_runs(conn)
@@ -70,21 +75,25 @@ def overview(conn: Connection, *, days: int) -> dict[str, Any]:
     for row in totals:
         row["positive_rate"] = _ratio(row["positives"], row["scored"])
         row["reject_rate"] = _ratio(row["rejected"], row["studies"])
+
+    def per_site(column: str) -> list[Series]:
+        return [Series(r["site"], r["nights"], r[column]) for r in totals]
+
     charts = {
         "studies": bar_chart(
             "Studies screened per night, by site",
-            group_series(by_site_night, key="site", x="night", y="studies"),
+            per_site("night_studies"),
             y_title="studies",
             stacked=True,
         ),
         "positives": line_chart(
             "ICH-positive studies per night, by site",
-            group_series(by_site_night, key="site", x="night", y="positives"),
+            per_site("night_positives"),
             y_title="positives",
         ),
         "rejects": bar_chart(
             "Rejected studies per night, by site",
-            group_series(by_site_night, key="site", x="night", y="rejected"),
+            per_site("night_rejected"),
             y_title="rejected",
             stacked=True,
         ),
@@ -122,10 +131,14 @@ def quality(
     for row in failed:
         row["observed_text"] = _compact(row["observed"])
     reason_kinds = sorted({r["kind"] for r in reasons})
+    rate_series = group_columns(
+        rates, key="site", x="night", ys=("pass_rate", "warn_rate", "reject_rate")
+    )
+    hu_series = group_columns(hu, key="site", x="night", ys=("air_peak", "brain_median"))
     charts = {
         f"{name}_rate": line_chart(
             f"{label} rate per night, by site",
-            group_series(rates, key="site", x="night", y=f"{name}_rate"),
+            rate_series[f"{name}_rate"],
             y_title="fraction of studies",
             y_range=(0, 1) if name == "pass" else None,
         )
@@ -147,13 +160,13 @@ def quality(
     )
     charts["hu_air"] = line_chart(
         "Air peak per night (HU), by site",
-        group_series(hu, key="site", x="night", y="air_peak"),
+        hu_series["air_peak"],
         y_title="HU",
         thresholds=[("expected air −1000 HU", -1000.0)],
     )
     charts["hu_brain"] = line_chart(
         "Brain median per night (HU), by site",
-        group_series(hu, key="site", x="night", y="brain_median"),
+        hu_series["brain_median"],
         y_title="HU",
     )
     return {
@@ -263,21 +276,18 @@ def audit(conn: Connection, filters: WorklistFilters) -> dict[str, Any]:
         )
     }
     for metric in AUDIT_METRICS:
-        per_site: dict[str, list[dict[str, Any]]] = {}
-        for r in trend:
-            if r["metric"] == metric:
-                per_site.setdefault(r["site"], []).append(r)
         charts[f"trend_{metric}"] = line_chart(
             f"{METRIC_LABELS[metric]} over audit runs (95 % CI)",
             [
                 Series(
-                    site,
-                    [r["audited_at"] for r in rs],
-                    [r["value"] for r in rs],
-                    error_low=[r["ci_lo"] for r in rs],
-                    error_high=[r["ci_hi"] for r in rs],
+                    r["site"],
+                    r["audited_at"],
+                    r["value"],
+                    error_low=r["ci_lo"],
+                    error_high=r["ci_hi"],
                 )
-                for site, rs in per_site.items()
+                for r in trend
+                if r["metric"] == metric
             ],
             y_title=METRIC_LABELS[metric],
             y_range=(0, 1.02),
@@ -314,26 +324,27 @@ def drift(conn: Connection, *, site: str | None, metric: str | None) -> dict[str
         metric = alerted[0] if alerted else (keys[0] if keys else None)
     charts: dict[str, Any] = {}
     if metric is not None:
-        points = queries.drift_series(conn, metric, site)
-        alerts = [p for p in points if p["status"] == "alert"]
-        last = points[-1] if points else None
+        per_site = queries.drift_series(conn, metric, site)
+        alerted = [r for r in per_site if r["alert_at"]]
+        # The thresholds of the newest point (the last site of the newest run).
+        last = max(per_site, key=lambda r: (r["last_run_at"], r["site"]), default=None)
         thresholds = []
         if last is not None:
             thresholds = [("warn", last["threshold_warn"]), ("alert", last["threshold_alert"])]
         charts["series"] = line_chart(
             f"{metric} per site over drift runs",
-            group_series(points, key="site", x="run_at", y="value"),
+            [Series(r["site"], r["run_at"], r["value"]) for r in per_site],
             y_title="statistic",
             thresholds=thresholds,
             markers=[
                 Series(
                     "alert",
-                    [p["run_at"] for p in alerts],
-                    [p["value"] for p in alerts],
-                    text=[p["site"] for p in alerts],
+                    [at for r in alerted for at in r["alert_at"]],
+                    [v for r in alerted for v in r["alert_value"]],
+                    text=[r["site"] for r in alerted for _ in r["alert_at"]],
                 )
             ]
-            if alerts
+            if alerted
             else [],
         )
     return {

@@ -18,7 +18,11 @@ Row = dict[str, Any]
 
 
 def _rows(conn: Connection, sql: str, **params: Any) -> list[Row]:
-    return [dict(r) for r in conn.execute(text(sql), params).mappings()]
+    result = conn.execute(text(sql), params)
+    keys = list(result.keys())
+    # zip over plain tuples: building each dict through a RowMapping costs ~5x more, which
+    # shows on the year-long overview (7,000+ rows).
+    return [dict(zip(keys, row, strict=True)) for row in result.fetchall()]
 
 
 # ---------------------------------------------------------------- common
@@ -42,36 +46,47 @@ def sites(conn: Connection) -> list[str]:
 
 # ---------------------------------------------------------------- overview
 def overview_rollup(conn: Connection, start: dt.date, end: dt.date) -> list[Row]:
-    """Per (night, site), per night and per site in one pass over each table.
+    """The overview's figures, from the per-run rollups, at two levels.
 
-    ``level`` is ``night_site``, ``night`` (all sites) or ``site`` (all nights). Medians are over
-    studies at each level, never medians of medians.
+    ``level = 'site'``: one row per site over the whole window, with its nights' figures as
+    arrays ordered by night (``nights``, ``night_studies``, ``night_positives``,
+    ``night_rejected``) for the charts; ``level = 'night'``: one row per night, all sites.
+    Verdict counts come from the validation results and scored/positives from the findings, each
+    on its own (one pass over both rollups, no join between them). Medians are over studies,
+    never medians of medians: a lookup in the run's sorted times per night, and
+    ``bloodnet_site_medians`` per site.
     """
     return _rows(
         conn,
         """
-        WITH q AS (
-            SELECT night, site, GROUPING(night, site) AS g, count(*) AS studies,
-                   count(*) FILTER (WHERE verdict = 'accept') AS accepted,
-                   count(*) FILTER (WHERE verdict = 'accept_with_warning') AS warned,
-                   count(*) FILTER (WHERE verdict = 'reject') AS rejected
-            FROM v_validation_nights WHERE night BETWEEN :start AND :end
-            GROUP BY GROUPING SETS ((night, site), (night), (site))),
-        f AS (
-            SELECT night, site, GROUPING(night, site) AS g, count(*) AS scored,
-                   count(*) FILTER (WHERE positive) AS positives,
-                   percentile_cont(0.5) WITHIN GROUP (ORDER BY load_seconds + infer_seconds)
-                       AS median_seconds
-            FROM v_finding_nights WHERE night BETWEEN :start AND :end
-            GROUP BY GROUPING SETS ((night, site), (night), (site)))
-        SELECT CASE q.g WHEN 0 THEN 'night_site' WHEN 1 THEN 'night' ELSE 'site' END AS level,
-               q.night, q.site, q.studies::bigint, q.accepted::bigint, q.warned::bigint,
-               q.rejected::bigint, COALESCE(f.scored, 0)::bigint AS scored,
-               COALESCE(f.positives, 0)::bigint AS positives, f.median_seconds
-        FROM q LEFT JOIN f ON f.g = q.g
-            AND COALESCE(f.night, '-infinity') = COALESCE(q.night, '-infinity')
-            AND COALESCE(f.site, '') = COALESCE(q.site, '')
-        ORDER BY q.g, q.night, q.site
+        WITH ns AS MATERIALIZED (
+            SELECT night, site, sum(studies) AS studies, sum(accepted) AS accepted,
+                   sum(warned) AS warned, sum(rejected) AS rejected, sum(scored) AS scored,
+                   sum(positives) AS positives
+            FROM (SELECT night, site, studies, accepted, warned, rejected,
+                         0 AS scored, 0 AS positives
+                  FROM v_validation_rollup WHERE night BETWEEN :start AND :end
+                  UNION ALL
+                  SELECT night, site, 0, 0, 0, 0, scored, positives
+                  FROM v_finding_rollup WHERE night BETWEEN :start AND :end) AS u
+            GROUP BY night, site)
+        SELECT 'site' AS level, NULL::date AS night, ns.site, sum(ns.studies)::bigint AS studies,
+               sum(ns.accepted)::bigint AS accepted, sum(ns.warned)::bigint AS warned,
+               sum(ns.rejected)::bigint AS rejected, sum(ns.scored)::bigint AS scored,
+               sum(ns.positives)::bigint AS positives, min(m.median_seconds) AS median_seconds,
+               array_agg(ns.night ORDER BY ns.night) AS nights,
+               array_agg(ns.studies::bigint ORDER BY ns.night) AS night_studies,
+               array_agg(ns.positives::bigint ORDER BY ns.night) AS night_positives,
+               array_agg(ns.rejected::bigint ORDER BY ns.night) AS night_rejected
+        FROM ns LEFT JOIN bloodnet_site_medians(:start, :end) m ON m.site = ns.site
+        GROUP BY ns.site
+        UNION ALL
+        SELECT 'night', ns.night, NULL, sum(ns.studies)::bigint, sum(ns.accepted)::bigint,
+               sum(ns.warned)::bigint, sum(ns.rejected)::bigint, sum(ns.scored)::bigint,
+               sum(ns.positives)::bigint, min(m.median_seconds), NULL, NULL, NULL, NULL
+        FROM ns LEFT JOIN v_findings_by_night m ON m.night = ns.night
+        GROUP BY ns.night
+        ORDER BY level, night, site
         """,
         start=start,
         end=end,
@@ -154,12 +169,21 @@ def failed_expectations(
     site: str | None,
     limit: int = 50,
 ) -> list[Row]:
+    """The newest ``limit`` failures with what they observed.
+
+    The page is picked from the view on the columns the failures' covering index holds; only
+    its rows are then read from the table, by primary key, for ``observed`` and ``reason`` (a
+    year has tens of thousands of failures, each on its own heap page).
+    """
     return _rows(
         conn,
-        "SELECT night, site, study_uid, suite, expectation, column_name, observed, reason"
-        " FROM v_failed_expectations WHERE night BETWEEN :start AND :end"
-        " AND (CAST(:site AS text) IS NULL OR site = :site)"
-        " ORDER BY night DESC, site, study_uid, expectation_id LIMIT :limit",
+        "WITH page AS (SELECT expectation_id, night, site, study_uid, suite, expectation,"
+        " column_name FROM v_failed_expectations"
+        " WHERE night BETWEEN :start AND :end AND (CAST(:site AS text) IS NULL OR site = :site)"
+        " ORDER BY night DESC, site, study_uid, expectation_id LIMIT :limit)"
+        " SELECT p.night, p.site, p.study_uid, p.suite, p.expectation, p.column_name,"
+        " e.observed, e.reason FROM page p JOIN expectation_results e ON e.id = p.expectation_id"
+        " ORDER BY p.night DESC, p.site, p.study_uid, p.expectation_id",
         start=start,
         end=end,
         site=site,
@@ -242,24 +266,33 @@ _WORKLIST_WHERE = (
 
 
 def worklist(conn: Connection, q: WorklistQuery) -> tuple[list[Row], int]:
-    """One page of the worklist and the number of rows matching the filters."""
+    """One page of the worklist and the number of rows matching the filters.
+
+    The count rides on the page (``count(*) OVER ()``, over the rows the sort has to read
+    anyway); only a page past the end needs a query of its own for it.
+    """
     column = WORKLIST_SORTS.get(q.sort, "exam_date")
     direction = DIRECTIONS.get(q.direction, "DESC")
     params = {"site": q.site, "start": q.start, "end": q.end, "kind": q.kind, "status": q.status}
-    total = conn.execute(
-        text("SELECT count(*) FROM v_worklist" + _WORKLIST_WHERE), params
-    ).scalar_one()
     rows = _rows(
         conn,
         "SELECT item_id, audit_run_key, audited_at, study_uid, site, kind, rank, probability,"
-        " volume_ml, read_ich, model_version, exam_date, status, adjudicated_at"
-        f" FROM v_worklist{_WORKLIST_WHERE}"
+        " volume_ml, read_ich, model_version, exam_date, status, adjudicated_at,"
+        f" count(*) OVER () AS matching FROM v_worklist{_WORKLIST_WHERE}"
         f" ORDER BY {column} {direction} NULLS LAST, item_id {direction}"
         " LIMIT :limit OFFSET :offset",
         **params,
         limit=q.limit,
         offset=q.offset,
     )
+    if rows:
+        total = rows[0]["matching"]
+    else:
+        total = conn.execute(
+            text("SELECT count(*) FROM v_worklist" + _WORKLIST_WHERE), params
+        ).scalar_one()
+    for row in rows:
+        del row["matching"]
     return rows, int(total)
 
 
@@ -275,12 +308,17 @@ def latest_audit_metrics(conn: Connection, metrics: Sequence[str]) -> list[Row]:
 
 
 def audit_metric_trend(conn: Connection, metrics: Sequence[str], site: str | None) -> list[Row]:
+    """A row per (metric, site) with its figures over the audit runs as arrays, oldest first
+    (``audited_at``, ``value``, ``ci_lo``, ``ci_hi``)."""
     return _rows(
         conn,
-        "SELECT audit_run_key, audited_at, site, metric, value, ci_lo, ci_hi, n"
+        "SELECT metric, site, array_agg(audited_at ORDER BY audited_at) AS audited_at,"
+        " array_agg(value ORDER BY audited_at) AS value,"
+        " array_agg(ci_lo ORDER BY audited_at) AS ci_lo,"
+        " array_agg(ci_hi ORDER BY audited_at) AS ci_hi"
         " FROM v_audit_metrics WHERE metric = ANY(:metrics)"
         " AND (CAST(:site AS text) IS NULL OR site = :site)"
-        " ORDER BY audited_at, site",
+        " GROUP BY metric, site ORDER BY metric, site",
         metrics=list(metrics),
         site=site,
     )
@@ -288,15 +326,24 @@ def audit_metric_trend(conn: Connection, metrics: Sequence[str], site: str | Non
 
 # ---------------------------------------------------------------- drift
 def drift_series(conn: Connection, metric_key: str, site: str | None) -> list[Row]:
-    """One statistic (``family/feature/statistic``) over every drift run, per site."""
+    """One statistic (``family/feature/statistic``) over every drift run: a row per site with its
+    points as arrays ordered by run (``run_at``, ``value``; ``alert_at``/``alert_value`` for the
+    runs that alerted) and the thresholds of its newest run (``last_run_at``). Arrays, not a row
+    per point: a year of nightly runs for 20 sites is 7,000+ points."""
     family, _, rest = metric_key.partition("/")
     feature, _, statistic = rest.rpartition("/")
     return _rows(
         conn,
-        "SELECT run_at, recent_to, site, value, threshold_warn, threshold_alert, status, alerted,"
-        " n_recent FROM v_drift_status"
+        "SELECT site, array_agg(run_at ORDER BY run_at) AS run_at,"
+        " array_agg(value ORDER BY run_at) AS value,"
+        " array_agg(run_at ORDER BY run_at) FILTER (WHERE status = 'alert') AS alert_at,"
+        " array_agg(value ORDER BY run_at) FILTER (WHERE status = 'alert') AS alert_value,"
+        " max(run_at) AS last_run_at,"
+        " (array_agg(threshold_warn ORDER BY run_at DESC))[1] AS threshold_warn,"
+        " (array_agg(threshold_alert ORDER BY run_at DESC))[1] AS threshold_alert"
+        " FROM v_drift_status"
         " WHERE family = :family AND feature = :feature AND statistic = :statistic"
-        " AND (CAST(:site AS text) IS NULL OR site = :site) ORDER BY run_at, site",
+        " AND (CAST(:site AS text) IS NULL OR site = :site) GROUP BY site ORDER BY site",
         family=family,
         feature=feature,
         statistic=statistic,

@@ -7,6 +7,10 @@ checks that the migrated database and this metadata do not differ. Audit and dri
 Patient identifiers are stored only as keyed pseudonyms
 (:func:`bloodnet_ops.pseudonym.pseudonymise`).
 Bulk writes go through :mod:`bloodnet_ops.db.repo` (``INSERT ... ON CONFLICT``), never row-by-row.
+
+The ``rollup_*`` tables are per-run (and mostly per-site) sums of the big per-study tables, kept
+exact by statement-level triggers (migration ``0003_dashboard_indexes``) so the dashboards read a
+few thousand rows for a year instead of a few hundred thousand; nothing writes them directly.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Date,
     Float,
     ForeignKey,
     Identity,
@@ -24,8 +29,9 @@ from sqlalchemy import (
     Integer,
     UniqueConstraint,
     func,
+    text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bloodnet_ops.db.base import Base
@@ -83,7 +89,13 @@ class Study(Base):
     """One study (by StudyInstanceUID); identifiers only as pseudonyms."""
 
     __tablename__ = "studies"
-    __table_args__ = (Index(None, "site"), Index(None, "patient_key"))
+    __table_args__ = (
+        Index(None, "site"),
+        Index(None, "patient_key"),
+        # The audit worklist sorts by exam date: looking it up for every worklist entry from the
+        # index alone halves the page's cost.
+        Index(None, "study_uid", postgresql_include=["study_date"]),
+    )
 
     study_uid: Mapped[str] = mapped_column(primary_key=True)
     site: Mapped[str] = mapped_column(ForeignKey("sites.site"))
@@ -136,6 +148,9 @@ class ValidationResult(Base):
     source_uri: Mapped[str]
     series_uid: Mapped[str | None]
     verdict: Mapped[str]
+    #: The study's site as this run saw it (copied from the study so per-site figures need no
+    #: join; a later change of the study's site does not rewrite history).
+    site: Mapped[str]
     reasons: Mapped[list[str]] = mapped_column(server_default="{}")
     n_slices: Mapped[int] = mapped_column(Integer, server_default="0")
     validated_at: Mapped[datetime] = mapped_column(server_default=_now())
@@ -149,6 +164,17 @@ class ExpectationResult(Base):
         UniqueConstraint("validation_id", "ordinal"),
         Index(None, "study_uid", "run_id"),
         Index(None, "created_at"),
+        # Failures are ~2 % of the rows and the only ones the dashboards read, per run: this
+        # index alone answers the failure lists and counts (index-only scans; a year holds tens
+        # of thousands of failures, each on its own heap page).
+        Index(
+            None,
+            "run_id",
+            postgresql_where=text("NOT success"),
+            postgresql_include=[
+                "id", "study_uid", "site", "suite", "expectation", "column_name", "created_at"
+            ],
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -157,6 +183,7 @@ class ExpectationResult(Base):
     )
     study_uid: Mapped[str]
     run_id: Mapped[str]
+    site: Mapped[str]  #: the study's site as this run saw it (as on its validation result)
     ordinal: Mapped[int] = mapped_column(Integer)  #: position in StudyResult.checks
     suite: Mapped[str]
     expectation: Mapped[str]
@@ -185,6 +212,7 @@ class Quarantine(Base):
     ref: Mapped[str]  #: the study UID or the object key
     study_uid: Mapped[str | None]
     object_key: Mapped[str | None]
+    site: Mapped[str | None]  #: the study's site; NULL for an object whose header was unreadable
     reason: Mapped[str]  #: the first (primary) reason code
     reasons: Mapped[list[str]] = mapped_column(server_default="{}")
     detail: Mapped[str] = mapped_column(server_default="")
@@ -195,11 +223,13 @@ class HUStatsRow(Base):
     """HU statistics of the selected series per study and run (HU units)."""
 
     __tablename__ = "hu_stats"
+    __table_args__ = (Index(None, "run_id"),)
 
     study_uid: Mapped[str] = mapped_column(
         ForeignKey("studies.study_uid", ondelete="CASCADE"), primary_key=True
     )
     run_id: Mapped[str] = mapped_column(primary_key=True)
+    site: Mapped[str]  #: the study's site as this run saw it
     series_uid: Mapped[str | None]
     air_peak: Mapped[float | None] = mapped_column(Float)
     brain_median: Mapped[float | None] = mapped_column(Float)
@@ -281,19 +311,125 @@ class Finding(Base):
     updated_at: Mapped[datetime] = mapped_column(server_default=_now())
 
 
+# ---------------------------------------------------------------------------------------------
+# Rollups. One row per (run, site, day[, ...]): ``day`` is the UTC date of the rows' own
+# timestamp, used as their night only when the run has no ``inference_runs`` row (the views'
+# rule). The counts are deltas applied by triggers, so a group that loses all its rows stays
+# with zeros (the writer role may not DELETE); the views skip such rows.
+
+
+def _count() -> Any:
+    return mapped_column(Integer, server_default="0")
+
+
+def _sum() -> Any:
+    return mapped_column(Float, server_default="0")
+
+
+class ValidationRollup(Base):
+    """Verdict counts of ``validation_results`` per run, site and day."""
+
+    __tablename__ = "rollup_validation"
+
+    run_id: Mapped[str] = mapped_column(primary_key=True)
+    site: Mapped[str] = mapped_column(primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    studies: Mapped[int] = _count()
+    accepted: Mapped[int] = _count()
+    warned: Mapped[int] = _count()
+    rejected: Mapped[int] = _count()
+
+
+class FindingRollup(Base):
+    """Findings per run, site, model version and day, with every study's time (load + infer, s),
+    sorted: the multiset, not a summary, so medians over any set of nights stay exact."""
+
+    __tablename__ = "rollup_findings"
+
+    run_id: Mapped[str] = mapped_column(primary_key=True)
+    site: Mapped[str] = mapped_column(primary_key=True)
+    model_version: Mapped[str] = mapped_column(primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    scored: Mapped[int] = _count()
+    positives: Mapped[int] = _count()
+    seconds: Mapped[list[float]] = mapped_column(ARRAY(Float), server_default="{}")
+
+
+class RunSecondsRollup(Base):
+    """All of a run's study times (load + infer, s) per day, sorted: the median of a night with
+    one run is then a single array lookup instead of a sort of every study's time."""
+
+    __tablename__ = "rollup_run_seconds"
+
+    run_id: Mapped[str] = mapped_column(primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    scored: Mapped[int] = _count()
+    seconds: Mapped[list[float]] = mapped_column(ARRAY(Float), server_default="{}")
+
+
+class HURollup(Base):
+    """Sums of ``hu_stats`` per run, site and day (HU); averages are sum / count."""
+
+    __tablename__ = "rollup_hu"
+
+    run_id: Mapped[str] = mapped_column(primary_key=True)
+    site: Mapped[str] = mapped_column(primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    n: Mapped[int] = _count()
+    air_peak_n: Mapped[int] = _count()  #: rows with an air peak (it may be NULL)
+    air_peak_sum: Mapped[float] = _sum()
+    brain_median_n: Mapped[int] = _count()
+    brain_median_sum: Mapped[float] = _sum()
+    p01_sum: Mapped[float] = _sum()
+    p99_sum: Mapped[float] = _sum()
+    mean_sum: Mapped[float] = _sum()
+    std_sum: Mapped[float] = _sum()
+
+
+class FailedExpectationRollup(Base):
+    """Failed expectations per run, site and day (the dashboards find runs without an
+    ``inference_runs`` row through these small tables instead of scanning the big ones)."""
+
+    __tablename__ = "rollup_failed_expectations"
+
+    run_id: Mapped[str] = mapped_column(primary_key=True)
+    site: Mapped[str] = mapped_column(primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    n: Mapped[int] = _count()
+
+
+class QuarantineRollup(Base):
+    """Quarantined items per run, site ('' = unknown), day, kind and primary reason."""
+
+    __tablename__ = "rollup_quarantine"
+
+    run_id: Mapped[str] = mapped_column(primary_key=True)
+    site: Mapped[str] = mapped_column(primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    kind: Mapped[str] = mapped_column(primary_key=True)
+    reason: Mapped[str] = mapped_column(primary_key=True)
+    n: Mapped[int] = _count()
+
+
 __all__ = [
     "OBJECT_STATUSES",
     "VERDICTS",
     "Base",
     "ExpectationResult",
+    "FailedExpectationRollup",
     "Finding",
+    "FindingRollup",
+    "HURollup",
     "HUStatsRow",
     "InferenceRun",
     "ModelVersion",
     "ObjectRecord",
     "Quarantine",
+    "QuarantineRollup",
+    "RunSecondsRollup",
     "Series",
     "Site",
     "Study",
     "ValidationResult",
+    "ValidationRollup",
 ]

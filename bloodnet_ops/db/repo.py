@@ -388,6 +388,7 @@ def _record_validation(
                 "run_id": run_id,
                 "source_uri": source_uri,
                 "series_uid": s.series_uid,
+                "site": _site(s),
                 "verdict": Verdict(s.verdict).value,
                 "reasons": [r.value for r in s.reasons],
                 "n_slices": s.n_slices,
@@ -412,6 +413,7 @@ def _record_validation(
                 "validation_id": ids[s.study_uid],
                 "study_uid": s.study_uid,
                 "run_id": run_id,
+                "site": _site(s),
                 "ordinal": i,
                 "suite": c.suite,
                 "expectation": c.expectation,
@@ -428,7 +430,7 @@ def _record_validation(
     quarantine = [
         {
             "run_id": run_id, "source_uri": source_uri, "kind": "study", "ref": s.study_uid,
-            "study_uid": s.study_uid, "object_key": None,
+            "study_uid": s.study_uid, "object_key": None, "site": _site(s),
             "reason": s.reasons[0].value if s.reasons else "unknown",
             "reasons": [r.value for r in s.reasons], "detail": "",
         }
@@ -437,7 +439,7 @@ def _record_validation(
     ] + [
         {
             "run_id": run_id, "source_uri": source_uri, "kind": "object", "ref": u.key,
-            "study_uid": None, "object_key": u.key, "reason": u.reason.value,
+            "study_uid": None, "object_key": u.key, "site": None, "reason": u.reason.value,
             "reasons": [u.reason.value], "detail": (u.detail or "")[:MAX_DETAIL],
         }
         for u in report.unreadable
@@ -450,6 +452,7 @@ def _record_validation(
             {
                 "study_uid": s.study_uid,
                 "run_id": run_id,
+                "site": _site(s),
                 "series_uid": s.series_uid,
                 "air_peak": _float(s.hu.air_peak),
                 "brain_median": _float(s.hu.brain_median),
