@@ -61,12 +61,16 @@ def train(
     val_frac: Annotated[float, typer.Option(help="share of studies held out for the "
                                             "threshold")] = 0.15,
     val_data: Annotated[Path | None, typer.Option(help="separate validation data set")] = None,
+    stack_data: Annotated[Path | None, typer.Option(help="separate data set for the study head "
+                                                    "(stage 2)")] = None,
     device: DeviceOpt = None,
     threads: Annotated[int, typer.Option(help="CPU threads for torch")] = 2,
     widths: WidthsOpt = "16,32,64,128",
     study_epochs: Annotated[int, typer.Option(help="epochs of the study (GRU) head")] = 40,
     augmented_passes: Annotated[int, typer.Option(help="augmented passes over the training "
                                                   "studies for the study head")] = 1,
+    init: Annotated[Path | None, typer.Option(help="checkpoint to fine-tune from")] = None,
+    lr: Annotated[float, typer.Option(help="peak learning rate (AdamW)")] = 2e-3,
     cache: CacheOpt = None,
 ) -> None:
     """Train a variant on a synthetic (or converted real) data set and write a checkpoint."""
@@ -79,12 +83,15 @@ def train(
     cfg = _train_config(variant, size, epochs, steps, batch, seed, device, threads, widths)
     cfg.study_epochs = study_epochs
     cfg.augmented_passes = augmented_passes
+    cfg.init = str(init) if init else None
+    cfg.lr = lr
     studies = build_cache(data, cache, size=size)
     if val_data is not None:
         train_set, val_set = studies, build_cache(val_data, cache, size=size)
     else:
         train_set, val_set = split_studies(studies, val_frac=val_frac, seed=seed)
-    res, sha = train_to_file(train_set, val_set, cfg, out)
+    stack = build_cache(stack_data, cache, size=size) if stack_data else None
+    res, sha = train_to_file(train_set, val_set, cfg, out, stack=stack)
     auc = "n/a" if res.val_auc is None else f"{res.val_auc:.4f}"
     typer.echo(f"wrote {out} (sha256 {sha[:12]}): validation AUC {auc}, threshold "
                f"{res.threshold:.4f}, {res.seconds:.0f}s", err=True)
@@ -135,6 +142,7 @@ def ablation(
     variants: Annotated[str | None, typer.Option(help="comma-separated subset")] = None,
     test_data: Annotated[Path | None, typer.Option(help="held-out test set (default: split "
                                                    "--data)")] = None,
+    stack_data: Annotated[Path | None, typer.Option(help="data set for the study heads")] = None,
     boot: int = 2000,
     device: DeviceOpt = None,
     threads: int = 2,
@@ -149,7 +157,7 @@ def ablation(
     cfg.augmented_passes = augmented_passes
     names = [v.strip() for v in variants.split(",")] if variants else None
     doc = run_ablation(data, out, base=cfg, variants=names, n_boot=boot, cache_root=cache,
-                       test_dir=test_data)
+                       test_dir=test_data, stack_dir=stack_data)
     for r in doc["results"]:
         typer.echo(f"{r['variant']:12s} AUC {r['auc']:.4f} "
                    f"[{r['auc_ci'][0]:.4f}, {r['auc_ci'][1]:.4f}]", err=True)

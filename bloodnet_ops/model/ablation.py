@@ -63,7 +63,7 @@ def _row(name: str, rep: dict[str, Any], ref: StudyScores | None, sc: StudyScore
 def run_ablation(data_dir: Path, out_dir: Path, *, base: TrainConfig,
                  variants: list[str] | None = None, test_frac: float = 0.3,
                  val_frac: float = 0.15, n_boot: int = 2000, cache_root: Path | None = None,
-                 test_dir: Path | None = None) -> dict[str, Any]:
+                 test_dir: Path | None = None, stack_dir: Path | None = None) -> dict[str, Any]:
     """Train and compare the variants; returns the JSON document it writes."""
     variants = variants or list_models()
     if REFERENCE in variants:  # the reference first, so the others can be tested against it
@@ -75,12 +75,14 @@ def run_ablation(data_dir: Path, out_dir: Path, *, base: TrainConfig,
     else:
         train, val, test = three_way_split(studies, test_frac=test_frac, val_frac=val_frac,
                                            seed=base.seed)
+    stack = (build_cache(Path(stack_dir), cache_root, size=base.size, progress=base.progress)
+             if stack_dir is not None else None)
     device = pick_device(base.device)
     rows, scores = [], {}
     for name in variants:
         cfg = replace(base, variant=name)
         log.info("ablation: training %s", name)
-        res = fit(train, val, cfg)
+        res = fit(train, val, cfg, stack=stack)
         sc = score_studies(res.model, test, device)
         scores[name] = sc
         rep = report_dict(sc, res.threshold, n_boot=n_boot, seed=base.seed)
@@ -88,7 +90,8 @@ def run_ablation(data_dir: Path, out_dir: Path, *, base: TrainConfig,
                          res.seconds))
     doc = {
         "claim": "classification that depends on segmentation (bloodnet) beats the alternatives",
-        "data": {"train": summarise(train), "val": summarise(val), "test": summarise(test)},
+        "data": {"train": summarise(train), "val": summarise(val), "test": summarise(test),
+                 "study_head": summarise(stack) if stack else None},
         "train_config": base.as_dict(),
         "bootstrap_replicates": n_boot,
         "results": rows,

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from bloodnet_ops import PREPROCESSING_VERSION
 from bloodnet_ops.model.net import SUBTYPES
@@ -239,6 +240,22 @@ def summarise(studies: Sequence[CachedStudy]) -> dict:
 BLOOD_MAX_HU = 130.0
 
 
+#: HU of bone; blood labels within one pixel of it are not trained as blood (see below).
+BONE_HU = 300.0
+
+
+def trainable_blood(hu: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The label map (S, S) used as the training target of a prepared slice.
+
+    Voxels denser than :data:`BLOOD_MAX_HU`, or touching bone, become background: at 1.5 mm
+    pixels the inner table's partial volume looks exactly like a thin extra-axial rim in *every*
+    head, so learning the rim as blood turns every skull edge into a false positive. Collections
+    thicker than a couple of pixels keep their interior and are still learned.
+    """
+    near_bone = ndimage.binary_dilation(hu > BONE_HU, iterations=1)
+    return np.where((hu > BLOOD_MAX_HU) | near_bone, 0, mask).astype(np.uint8)
+
+
 class SliceSampler:
     """Class-balanced batches of slices (with their neighbours) from cached studies.
 
@@ -278,7 +295,7 @@ class SliceSampler:
             trip = np.clip([j - step, j, j + step], 0, z - 1)
             hus.append(s.hu[trip].astype(np.float32))
             if s.mask is not None:
-                m = np.where(s.hu[j] > BLOOD_MAX_HU, 0, s.mask[j]).astype(np.uint8)
+                m = trainable_blood(s.hu[j], s.mask[j])
                 masks.append(m)
                 labels.append(float(m.any()))
             else:

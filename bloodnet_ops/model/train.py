@@ -64,6 +64,7 @@ class TrainConfig:
     augmented_passes: int = 1
     augment: bool = True
     progress: bool = True
+    init: str | None = None  #: checkpoint to start from (fine-tuning); must match variant/widths
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -252,15 +253,27 @@ def study_scores(model: SliceModel, studies: list[CachedStudy], device: torch.de
     return out, bloods
 
 
-def fit(train: list[CachedStudy], val: list[CachedStudy], cfg: TrainConfig) -> TrainResult:
-    """Stage 1 + stage 2 + threshold on ``val``."""
+def fit(train: list[CachedStudy], val: list[CachedStudy], cfg: TrainConfig, *,
+        stack: list[CachedStudy] | None = None) -> TrainResult:
+    """Stage 1 on ``train`` + stage 2 + threshold on ``val``.
+
+    Stage 2 (the study head) learns from ``stack`` when given: studies the slice model never
+    saw, so the head learns from slice outputs as confident as they will be on new data (on its
+    own training studies the slice model is over-confident and the head learns to trust it).
+    """
     t0 = time.time()
     torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     model = get_model(cfg.variant, widths=tuple(cfg.widths))
+    if cfg.init:
+        from bloodnet_ops.model.checkpoint import load_checkpoint
+
+        start = load_checkpoint(Path(cfg.init), variant=cfg.variant)
+        model.load_state_dict(start.model.state_dict())
+        log.info("starting from %s", start.model_version)
     history = train_slices(model, train, cfg, device)
-    train_study_head(model, train, cfg, device)
+    train_study_head(model, stack or train, cfg, device)
     model.eval()
     threshold, val_auc = 0.5, None
     if val:
@@ -274,12 +287,15 @@ def fit(train: list[CachedStudy], val: list[CachedStudy], cfg: TrainConfig) -> T
 
 
 def train_to_file(train: list[CachedStudy], val: list[CachedStudy], cfg: TrainConfig,
-                  out: Path, *, extra_metrics: dict | None = None) -> tuple[TrainResult, str]:
+                  out: Path, *, stack: list[CachedStudy] | None = None,
+                  extra_metrics: dict | None = None) -> tuple[TrainResult, str]:
     """:func:`fit` and write the checkpoint; returns the result and the file's sha256."""
-    res = fit(train, val, cfg)
+    res = fit(train, val, cfg, stack=stack)
     metrics = {"val_auc": res.val_auc, "val_studies": len(val), "history": res.history,
                "train_seconds": round(res.seconds, 1), **(extra_metrics or {})}
     dataset = {"train": summarise(train), "val": summarise(val)}
+    if stack:
+        dataset["study_head"] = summarise(stack)
     sha = save_checkpoint(out, res.model, threshold=res.threshold, size=cfg.size,
                           dataset=dataset, train_config=cfg.as_dict(), metrics=metrics)
     return res, sha
