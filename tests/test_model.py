@@ -27,9 +27,10 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.mark.parametrize("stem_stride", [1, 2])
 @pytest.mark.parametrize("name", list_models())
-def test_every_variant_has_the_documented_shapes(name: str) -> None:
-    model = get_model(name, **TINY).eval()
+def test_every_variant_has_the_documented_shapes(name: str, stem_stride: int) -> None:
+    model = get_model(name, **TINY, stem_stride=stem_stride).eval()
     out = model(torch.rand(3, N_CHANNELS, 32, 32))
     assert out.slice_logit.shape == (3,)
     assert out.embedding.shape[0] == 3

@@ -32,6 +32,7 @@ def register(app: typer.Typer) -> None:
 
 
 WidthsOpt = Annotated[str, typer.Option(help="encoder widths, comma-separated")]
+DEFAULT_WIDTHS = "16,32,64,128,192"
 
 
 def _train_config(variant: str, size: int, epochs: int, steps: int, batch: int, seed: int,
@@ -65,8 +66,8 @@ def train(
                                                     "(stage 2)")] = None,
     device: DeviceOpt = None,
     threads: Annotated[int, typer.Option(help="CPU threads for torch")] = 2,
-    widths: WidthsOpt = "16,32,64,128",
-    study_epochs: Annotated[int, typer.Option(help="epochs of the study (GRU) head")] = 40,
+    widths: WidthsOpt = DEFAULT_WIDTHS,
+    study_epochs: Annotated[int, typer.Option(help="epochs of the study (GRU) head")] = 15,
     augmented_passes: Annotated[int, typer.Option(help="augmented passes over the training "
                                                   "studies for the study head")] = 1,
     init: Annotated[Path | None, typer.Option(help="checkpoint to fine-tune from")] = None,
@@ -146,7 +147,7 @@ def ablation(
     boot: int = 2000,
     device: DeviceOpt = None,
     threads: int = 2,
-    widths: WidthsOpt = "16,32,64,128",
+    widths: WidthsOpt = DEFAULT_WIDTHS,
     augmented_passes: int = 0,
     cache: CacheOpt = None,
 ) -> None:

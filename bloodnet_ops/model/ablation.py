@@ -16,12 +16,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from bloodnet_ops.model.data import CachedStudy, build_cache, split_studies, summarise
 from bloodnet_ops.model.evaluate import StudyScores, report_dict, score_studies
 from bloodnet_ops.model.infer import pick_device
-from bloodnet_ops.model.metrics import delong_test, roc_curve
+from bloodnet_ops.model.metrics import delong_test, roc_auc, roc_curve
 from bloodnet_ops.model.net import count_parameters, list_models
 from bloodnet_ops.model.train import TrainConfig, fit
 
@@ -125,6 +123,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "variant had the same data, steps, batch size, augmentation and seed "
         f"(`{json.dumps({k: doc['train_config'][k] for k in ('epochs', 'steps_per_epoch', 'batch_size', 'size', 'seed')})}`)."),
         "",
+        *([(f"Study heads (stage 2) were fitted on {d['study_head']['studies']} further studies "
+           "that no slice model saw."), ""] if d.get("study_head") else []),
         ("| variant | AUC | 95% CI (bootstrap) | 95% CI (DeLong) | ΔAUC vs bloodnet | DeLong p |"
         " sens | spec | Dice | params |"),
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -166,8 +166,6 @@ def plot_roc(scores: dict[str, StudyScores], path: Path) -> None:
     for name, sc in scores.items():
         if 0 < sc.y.sum() < sc.y.size:
             fpr, tpr, _ = roc_curve(sc.y, sc.prob)
-            from bloodnet_ops.model.metrics import roc_auc
-
             ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc(sc.y, sc.prob):.3f})", lw=1.6)
     ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
     ax.set_xlabel("1 − specificity")
@@ -180,6 +178,3 @@ def plot_roc(scores: dict[str, StudyScores], path: Path) -> None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
-
-def scores_to_arrays(scores: dict[str, StudyScores]) -> dict[str, np.ndarray]:
-    return {k: v.prob for k, v in scores.items()}

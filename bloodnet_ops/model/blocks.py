@@ -52,12 +52,16 @@ class BasicBlock(nn.Module):
 class Encoder(nn.Module):
     """Stem at full resolution, then one stride-2 stage per further width.
 
-    Returns the feature map of every level, finest first: widths[i] channels at H / 2**i.
+    Returns the feature map of every level, finest first: widths[i] channels at
+    H / (stem_stride · 2**i).
     """
 
-    def __init__(self, in_channels: int, widths: tuple[int, ...]) -> None:
+    def __init__(self, in_channels: int, widths: tuple[int, ...], *, stem_stride: int = 1
+                 ) -> None:
         super().__init__()
-        self.stem = ConvNormAct(in_channels, widths[0])
+        # a stride-2 stem (5×5, so no input pixel is skipped) halves every later feature map
+        self.stem = ConvNormAct(in_channels, widths[0], stride=stem_stride,
+                                k=3 if stem_stride == 1 else 5)
         self.stages = nn.ModuleList(
             BasicBlock(cin, cout, stride=2) for cin, cout in itertools.pairwise(widths)
         )
@@ -145,6 +149,8 @@ class StudyHead(nn.Module):
         super().__init__()
         self.gru = nn.GRU(embed_dim + 1, hidden, batch_first=True, bidirectional=True)
         self.out = nn.Linear(4 * hidden, 1 + n_subtypes)
+        nn.init.zeros_(self.out.weight)  # start as "the most convincing slice decides"
+        nn.init.zeros_(self.out.bias)
         self.gain = nn.Parameter(torch.tensor(1.0))
 
     def forward(self, emb: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -240,8 +240,8 @@ def summarise(studies: Sequence[CachedStudy]) -> dict:
 BLOOD_MAX_HU = 130.0
 
 
-#: HU of bone; blood labels within one pixel of it are not trained as blood (see below).
-BONE_HU = 300.0
+#: HU of cortical bone; blood labels within one pixel of it are not trained as blood (below).
+BONE_HU = 500.0
 
 
 def trainable_blood(hu: np.ndarray, mask: np.ndarray) -> np.ndarray:

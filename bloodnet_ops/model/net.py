@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bloodnet_ops.model.blocks import (
@@ -48,11 +49,12 @@ class ModelConfig:
     """Architecture settings, stored in every checkpoint and checked on load."""
 
     in_channels: int = N_CHANNELS
-    widths: tuple[int, ...] = (16, 32, 64, 128)
+    widths: tuple[int, ...] = (16, 32, 64, 128, 192)
     embed_dim: int = 32
     gru_hidden: int = 32
     n_subtypes: int = len(SUBTYPES)
     topk_frac: float = 1 / 512
+    stem_stride: int = 2  #: 2 = features and segmentation at half resolution (4× cheaper)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -61,6 +63,7 @@ class ModelConfig:
     def from_dict(cls, d: dict) -> ModelConfig:
         d = dict(d)
         d["widths"] = tuple(d["widths"])
+        d.setdefault("stem_stride", 1)  # checkpoints from before the option had a full-res stem
         return cls(**d)
 
 
@@ -97,7 +100,7 @@ class _UNetBase(SliceModel):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
-        self.encoder = Encoder(cfg.in_channels, cfg.widths)
+        self.encoder = Encoder(cfg.in_channels, cfg.widths, stem_stride=cfg.stem_stride)
         self.decoder = Decoder(cfg.widths)
         self.seg_head = nn.Conv2d(cfg.widths[0], 1 + cfg.n_subtypes, 1)
         nn.init.constant_(self.seg_head.bias[:1], -4.0)  # blood is rare: start near p = 0.02
@@ -105,7 +108,10 @@ class _UNetBase(SliceModel):
     def _segment(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         feats = self.encoder(x)
         dec = self.decoder(feats)
-        return feats, dec, self.seg_head(dec)
+        seg = self.seg_head(dec)
+        if seg.shape[-2:] != x.shape[-2:]:  # half-resolution stem: logits back to the input grid
+            seg = F.interpolate(seg, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return feats, dec, seg
 
 
 class BloodNet(_UNetBase):

@@ -59,8 +59,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int = 2
-    widths: tuple[int, ...] = (16, 32, 64, 128)
-    study_epochs: int = 40
+    widths: tuple[int, ...] = (16, 32, 64, 128, 192)
+    study_epochs: int = 15
     augmented_passes: int = 1
     augment: bool = True
     progress: bool = True
@@ -222,13 +222,14 @@ def train_study_head(model: SliceModel, studies: list[CachedStudy], cfg: TrainCo
     head = model.study.to(device).train()
     for p in head.parameters():
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(head.parameters(), lr=3e-3, weight_decay=1e-3)
+    opt = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=1e-2)
     rng = np.random.default_rng(cfg.seed)
     for _ in range(cfg.study_epochs):
         order = rng.permutation(len(ys))
         for start in range(0, len(order), 16):
             idx = order[start : start + 16]
             emb, lg, mask = pad_sequences([seqs_e[i] for i in idx], [seqs_l[i] for i in idx])
+            emb = F.dropout(emb, p=0.2)  # the head must not hang on single embedding features
             out = head(emb.to(device), lg.to(device), mask.to(device))
             loss = F.binary_cross_entropy_with_logits(out[:, 0], y[idx].to(device),
                                                       pos_weight=pos_weight.to(device))
