@@ -82,7 +82,7 @@ def test_augmentation_keeps_shapes_labels_and_is_seeded() -> None:
     # pure calibration shift: +offset HU everywhere, nothing else
     cfg = AugmentConfig(flip_p=0, rotate_deg=0, scale=(1, 1), shift=0, noise_sd=(0, 0),
                         corr_noise_p=0, blur_p=0, sharpen_p=0, partial_volume_p=0, lesion_p=0,
-                        paste_p=0, hu_gain=0, hu_offset=20)
+                        paste_p=0, calc_p=0, hu_gain=0, hu_offset=20)
     c, m = augment(hu_t, mask_t, cfg=cfg, generator=torch.Generator().manual_seed(0))
     diff = (c - hu_t).flatten(1)
     assert torch.allclose(diff.max(dim=1).values, diff.min(dim=1).values, atol=1e-2)
@@ -103,6 +103,20 @@ def test_pasted_blobs_are_blood_dense_inside_brain_and_labelled() -> None:
     assert float(hu[0, 1][blob].mean()) < 45  # where brain was
     skull = hu[0, 1] > 500
     assert torch.equal(out[0, 1][skull], hu[0, 1][skull])  # bone and air are never touched
+
+
+def test_pasted_calcifications_are_dense_and_never_labelled_blood() -> None:
+    studies = _phantoms(4, seed=5)
+    pos = next(s for s in studies if s.label.ich and s.mask is not None and s.mask.any())
+    j = max(1, int(np.argmax((pos.mask > 0).reshape(pos.mask.shape[0], -1).sum(axis=1))))
+    hu = torch.from_numpy(pos.hu[j - 1 : j + 2].astype(np.float32))[None]
+    mask = torch.from_numpy(pos.mask[j].copy())
+    out, new = paste_blob(hu, mask, AugmentConfig(), torch.Generator().manual_seed(4), dense=True)
+    changed = (out[0, 1] - hu[0, 1]).abs() > 1
+    core = changed & (out[0, 1] > 110)
+    assert core.sum() > 0
+    assert not bool((new[core] > 0).any())  # a calcification is background
+    assert set(torch.unique(new).tolist()) <= set(torch.unique(mask).tolist())
 
 
 def test_short_training_learns_a_planted_bleed() -> None:

@@ -10,7 +10,10 @@ vendor's look:
 - slice thickness: partial-volume mixing of the slice with its neighbours;
 - lesion contrast: blood a little denser or fainter (older or anaemic bleeds, other phantoms);
 - lesion shape: random blobs of blood density pasted into blood-free brain (with their mask), so
-  the network learns "hyperdense collection" rather than the shapes of one generator.
+  the network learns "hyperdense collection" rather than the shapes of one generator;
+- dense mimics: blobs of calcification density (110-700 HU) pasted *without* a label, so "denser
+  than brain" alone never means blood (a large choroid-plexus or falx calcification on another
+  generator was the worst false alarm of a model trained without them).
 
 Input and output: ``hu`` (B, 3, S, S) float32 (below, slice, above) and ``mask`` (B, S, S) uint8.
 """
@@ -48,6 +51,9 @@ class AugmentConfig:
     paste_p: float = 0.25  #: share of blood-free samples that get a pasted blob
     paste_hu: tuple[float, float] = (55.0, 90.0)
     paste_radius: tuple[float, float] = (2.0, 14.0)  #: pixels
+    calc_p: float = 0.2  #: share of samples that get a calcification-density blob (no label)
+    calc_hu: tuple[float, float] = (110.0, 700.0)
+    calc_radius: tuple[float, float] = (1.0, 9.0)  #: pixels
 
 
 #: Contrast changes scale HU about this value (grey/white matter), not about 0 HU.
@@ -92,9 +98,14 @@ def _blob(size: int, radius: float, g: torch.Generator) -> torch.Tensor:
     return ((field - 0.5) * 4).clamp(0, 1)
 
 
-def paste_blob(x: torch.Tensor, mask: torch.Tensor, cfg: AugmentConfig, g: torch.Generator
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Paste one blood-density blob into brain of (1, 3, S, S) HU; returns new (x, mask (S, S))."""
+def paste_blob(x: torch.Tensor, mask: torch.Tensor, cfg: AugmentConfig, g: torch.Generator, *,
+               dense: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paste one blood-density blob into brain of (1, 3, S, S) HU; returns new (x, mask (S, S)).
+
+    ``dense=True`` pastes a calcification-density blob instead, labelled background."""
+    hu_range, radius_range = ((cfg.calc_hu, cfg.calc_radius) if dense
+                              else (cfg.paste_hu, cfg.paste_radius))
+    code = 0 if dense else PASTE_CODE
     s = x.shape[-1]
     centre = x[0, 1]
     brain = (centre > BRAIN_HU[0]) & (centre < BRAIN_HU[1])
@@ -103,7 +114,7 @@ def paste_blob(x: torch.Tensor, mask: torch.Tensor, cfg: AugmentConfig, g: torch
         return x, mask
     u = torch.rand(4, generator=g)
     i = int(u[0] * ys.numel())
-    radius = cfg.paste_radius[0] + float(u[1]) * (cfg.paste_radius[1] - cfg.paste_radius[0])
+    radius = radius_range[0] + float(u[1]) * (radius_range[1] - radius_range[0])
     box = int(radius * 3) | 1
     blob = _blob(box, radius, g)
     full = torch.zeros(s, s)
@@ -111,7 +122,7 @@ def paste_blob(x: torch.Tensor, mask: torch.Tensor, cfg: AugmentConfig, g: torch
     sy0, sx0, sy1, sx1 = max(y0, 0), max(x0, 0), min(y0 + box, s), min(x0 + box, s)
     full[sy0:sy1, sx0:sx1] = blob[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0]
     full = full * brain.float()  # blood stays inside the brain
-    target = cfg.paste_hu[0] + float(u[2]) * (cfg.paste_hu[1] - cfg.paste_hu[0])
+    target = hu_range[0] + float(u[2]) * (hu_range[1] - hu_range[0])
     # raise the local tissue by a constant: the image's own noise texture stays in the blob
     delta = target - float(centre[brain].median())
     out = x.clone()
@@ -120,7 +131,7 @@ def paste_blob(x: torch.Tensor, mask: torch.Tensor, cfg: AugmentConfig, g: torch
         if keep:
             shrunk = (full - 0.3).clamp(0, 1) / 0.7
             out[0, k] = x[0, k] + shrunk * delta * brain.float()
-    new_mask = torch.where(full >= 0.5, torch.tensor(PASTE_CODE, dtype=mask.dtype), mask)
+    new_mask = torch.where(full >= 0.5, torch.tensor(code, dtype=mask.dtype), mask)
     return out, new_mask
 
 
@@ -156,7 +167,7 @@ def augment(hu: torch.Tensor, mask: torch.Tensor, *, cfg: AugmentConfig | None =
     hu, mask = _affine(hu.float(), mask, cfg, g)
     mask = mask.clone()
     b = hu.shape[0]
-    r = torch.rand(b, 12, generator=g)
+    r = torch.rand(b, 13, generator=g)
     out = []
     for i in range(b):
         x = hu[i : i + 1]
@@ -170,6 +181,8 @@ def augment(hu: torch.Tensor, mask: torch.Tensor, *, cfg: AugmentConfig | None =
             d = cfg.lesion_hu[0] + r[i, 3].item() * (cfg.lesion_hu[1] - cfg.lesion_hu[0])
             soft = gaussian_blur((mask[i] > 0).float()[None, None], 0.7)[:, 0]
             x = torch.cat([x[:, :1], x[:, 1:2] + d * soft[:, None], x[:, 2:]], dim=1)
+        if r[i, 12] < cfg.calc_p:
+            x, mask[i] = paste_blob(x, mask[i], cfg, g, dense=True)
         sd = cfg.noise_sd[0] + r[i, 4].item() * (cfg.noise_sd[1] - cfg.noise_sd[0])
         noise = torch.randn(x.shape, generator=g) * sd
         if r[i, 5] < cfg.corr_noise_p:
