@@ -143,6 +143,7 @@ class StudyResult:
     n_slices: int = 0
     checks: list[CheckResult] = field(default_factory=list)
     hu: HUStats | None = None
+    detail: str = ""  #: why a rejected study was rejected, beyond its codes (no PHI); DB only
 
     def contract(self) -> dict[str, Any]:
         """The DESIGN.md §3 JSON object for ``validate`` (no model fields, no PHI)."""

@@ -242,29 +242,35 @@ def discover(
     (``dag_run_id``: the Airflow run, when there is one).
     """
     from bloodnet_ops.db import repo
+    from bloodnet_ops.db.session import with_retries
 
     t0 = time.perf_counter()
     run_id = run_id or new_run_id()
     source = open_uri(source_uri)
     engine = _engine(db_url)
     skip = _excluded_prefix(source.uri, output_uri)
-    objects = [o for o in _list(source, prefix) if not (skip and o.key.startswith(skip))]
-    changed = repo.manifest_changes(engine, source.uri, objects)
     t = _objects_table()
     where = [t.c.source_uri == source.uri, t.c.status != "pending"]
     if not rescan:
         where.append(t.c.run_id == run_id)
     if (scope := _under(t.c.key, prefix)) is not None:
         where.append(scope)
-    listed = {o.key for o in objects}
-    with engine.begin() as conn:
-        reoffer = [k for (k,) in conn.execute(select(t.c.key).where(*where)) if k in listed]
-        if reoffer:
-            conn.execute(update(t).where(t.c.source_uri == source.uri, t.c.key.in_(reoffer))
-                         .values(status="pending"))
+    listing = (o for o in _list(source, prefix) if not (skip and o.key.startswith(skip)))
+    n_listed = n_new = 0
+    # chunk by chunk, so memory does not grow with the listing
+    for chunk in repo.chunked(listing, repo.MANIFEST_CHUNK):
+        n_listed += len(chunk)
+        n_new += len(repo.manifest_changes(engine, source.uri, chunk))
+        keys = [o.key for o in chunk]
+
+        def reoffer(keys: list[str] = keys) -> int:
+            with engine.begin() as conn:
+                return conn.execute(update(t).where(*where, t.c.key.in_(keys))
+                                    .values(status="pending")).rowcount
+
+        n_new += with_retries(reoffer)
     repo.start_inference_run(engine, run_id=run_id, source_uri=source.uri, dag_run_id=dag_run_id)
-    result = DiscoveryResult(run_id, source.uri, len(objects), len(changed) + len(reoffer),
-                             time.perf_counter() - t0)
+    result = DiscoveryResult(run_id, source.uri, n_listed, n_new, time.perf_counter() - t0)
     log.info("discovered %d new of %d objects (run %s)", result.n_new, result.n_listed, run_id)
     return result
 
@@ -307,34 +313,57 @@ def validate_and_record(
     t0 = time.perf_counter()
     source = open_uri(source_uri)
     engine = _engine(db_url)
-    objects = pending_objects(db_url, source.uri, prefix)
-    report = pipeline.validate_source(source, objects=objects) if objects else (
-        ValidationReport([], [], []))
-    known = {o.key for o in objects}
-    extra = [o for o in repo.manifest_keys_for_studies(
-        engine, source.uri, [s.study_uid for s in report.studies]) if o.key not in known]
-    if extra:
-        log.info("revalidating %d known objects of studies with new objects", len(extra))
-        report = pipeline.validate_source(source, objects=objects + extra)
     lo, hi = _parse_date(date_from), _parse_date(date_to)
-    kept = [s for s in report.studies if _in_scope(s, site, lo, hi)]
-    deferred = len(report.studies) - len(kept)
-    report = ValidationReport(kept, report.unreadable, report.objects)
-    repo.record_validation(engine, report, source_uri=source.uri, run_id=run_id)
-    reasons = Counter(r.value for s in kept for r in s.reasons)
-    reasons.update(u.reason.value for u in report.unreadable)
-    rejected = sum(s.verdict == Verdict.REJECT for s in kept)
+    total = repo.count_pending(engine, source.uri, prefix)
+    n_extra = 0
+
+    def more(study_uids: list[str]) -> list[ObjectRef]:
+        nonlocal n_extra
+        extra = repo.manifest_keys_for_studies(engine, source.uri, study_uids,
+                                               except_pending_under=prefix or "")
+        if extra:
+            log.info("revalidating %d known objects of studies with new objects", len(extra))
+        n_extra = len(extra)
+        return extra
+
+    n_pending = 0
+
+    def pending() -> Iterator[ObjectRef]:
+        nonlocal n_pending
+        for ref in repo.iter_pending(engine, source.uri, prefix):
+            n_pending += 1
+            yield ref
+
+    n_objects = n_studies = rejected = n_unreadable = deferred = 0
+    reasons: Counter[str] = Counter()
+    # each part (whole studies, or unreadable objects) is recorded before the next is built,
+    # so memory does not grow with the night; a run that dies part-way leaves the rest pending
+    parts = pipeline.iter_validation(source, pending(), total=total, more=more)
+    for part in parts:
+        kept = [s for s in part.studies if _in_scope(s, site, lo, hi)]
+        deferred += len(part.studies) - len(kept)
+        repo.record_validation(engine, ValidationReport(kept, part.unreadable, part.objects),
+                               source_uri=source.uri, run_id=run_id)
+        n_objects += len(part.objects)
+        n_studies += len(kept)
+        rejected += sum(s.verdict == Verdict.REJECT for s in kept)
+        n_unreadable += len(part.unreadable)
+        reasons.update(r.value for s in kept for r in s.reasons)
+        reasons.update(u.reason.value for u in part.unreadable)
     summary = ValidationSummary(
         run_id=run_id,
-        n_objects=len(report.objects),
-        n_studies=len(kept),
-        n_accepted=len(kept) - rejected,
+        n_objects=n_objects,
+        n_studies=n_studies,
+        n_accepted=n_studies - rejected,
         n_rejected=rejected,
-        n_unreadable=len(report.unreadable),
+        n_unreadable=n_unreadable,
         n_deferred=deferred,
         reasons=dict(sorted(reasons.items())),
         seconds=time.perf_counter() - t0,
     )
+    if n_objects != n_pending + n_extra:  # a bug, not bad data
+        raise AssertionError(f"accounting broken: {n_objects} objects recorded of "
+                             f"{n_pending} pending and {n_extra} known")
     log.info("validated %d studies: %d accepted, %d rejected, %d unreadable objects",
              summary.n_studies, summary.n_accepted, summary.n_rejected, summary.n_unreadable)
     return summary
@@ -489,11 +518,24 @@ class _Scored:
     load_s: float
 
 
+def _failure_detail(exc: BaseException) -> str:
+    """The quarantine detail of a study that failed at load or inference (no message text:
+    it can carry keys)."""
+    if isinstance(exc, MemoryError):
+        from bloodnet_ops.pipeline import max_series_voxels, too_large_detail
+
+        return too_large_detail(None, max_series_voxels(), oom=True)
+    return f"failed after validation: {type(exc).__name__}"
+
+
+Failure = tuple[StudyResult, Reason, str]  #: a study that failed after validation, why, detail
+
+
 def _score_studies(predictor, source, studies: Sequence[StudyResult], *, keep_masks: bool,
-                   failed: list[tuple[StudyResult, Reason]]) -> Iterator[_Scored]:
+                   failed: list[Failure]) -> Iterator[_Scored]:
     """Load and score ``studies``. The Predictor's loading thread pulls the volumes (S3 GETs and
     decoding) while the previous slices compute. A study that cannot be loaded or scored is
-    appended to ``failed`` with a reason and the others go on."""
+    appended to ``failed`` with a reason and a detail, and the others go on."""
     loaded: dict[str, tuple[StudyResult, Any, list[Any], float]] = {}
     done: set[str] = set()
 
@@ -505,7 +547,7 @@ def _score_studies(predictor, source, studies: Sequence[StudyResult], *, keep_ma
             reason = _failure_reason(exc)
             log.warning("study failed to load (%s): %s: %s", reason.value, type(exc).__name__,
                         str(exc)[:200])
-            failed.append((study, reason))
+            failed.append((study, reason, _failure_detail(exc)))
             return False
         loaded[study.study_uid] = (study, volume, datasets, time.perf_counter() - t0)
         return True
@@ -531,7 +573,7 @@ def _score_studies(predictor, source, studies: Sequence[StudyResult], *, keep_ma
             raise
         log.warning("batch inference failed (%s); scoring the rest one by one",
                     type(exc).__name__)
-    gone = done | {s.study_uid for s, _ in failed}
+    gone = done | {s.study_uid for s, _, _ in failed}
     for study in studies:
         if study.study_uid in gone or not (study.study_uid in loaded or load(study)):
             continue
@@ -542,7 +584,7 @@ def _score_studies(predictor, source, studies: Sequence[StudyResult], *, keep_ma
             log.warning("study failed while scoring: %s: %s", type(exc).__name__,
                         str(exc)[:200])
             loaded.pop(study.study_uid)
-            failed.append((study, Reason.PIXEL_DECODE_FAILED))
+            failed.append((study, Reason.PIXEL_DECODE_FAILED, _failure_detail(exc)))
             continue
         yield scored(finding, blood)
 
@@ -583,7 +625,7 @@ def infer_batch(
     if write_dicom:
         sink = open_uri(output_uri or default_output_uri(source.uri), create=True)
     rows: list[repo.FindingRow] = []
-    failed: list[tuple[StudyResult, Reason]] = []
+    failed: list[Failure] = []
     load_s = infer_s = write_s = 0.0
     for item in _score_studies(predictor, source, studies, keep_masks=sink is not None,
                                failed=failed):
@@ -644,13 +686,13 @@ def _write_dicom(sink, study: StudyResult, item: _Scored, finding, model_version
 
 
 def _quarantine_failed(engine: Engine, source_uri: str, run_id: str,
-                       failed: Iterable[tuple[StudyResult, Reason]],
-                       refs: dict[str, ObjectRef]) -> None:
+                       failed: Iterable[Failure], refs: dict[str, ObjectRef]) -> None:
     """Record studies that failed at load or inference as rejected, with their reason."""
     from bloodnet_ops.db import repo
 
-    studies = [replace(s, verdict=Verdict.REJECT, reasons=list(dict.fromkeys([*s.reasons, why])))
-               for s, why in failed]
+    studies = [replace(s, verdict=Verdict.REJECT, reasons=list(dict.fromkeys([*s.reasons, why])),
+                       detail=detail)
+               for s, why, detail in failed]
     objects = [refs[k] for s in studies for k in s.keys if k in refs]
     repo.record_validation(engine, ValidationReport(studies, [], objects), source_uri=source_uri,
                            run_id=run_id)
@@ -661,9 +703,10 @@ def _quarantine_failed(engine: Engine, source_uri: str, run_id: str,
 
 
 def summarise_run(db_url: str, run_id: str, counts: Sequence[dict[str, Any]] | None = None,
-                  *, status: str = "success") -> RunSummary:
+                  *, status: str = "success", error: str | None = None) -> RunSummary:
     """Close the run in ``inference_runs`` and return its summary, read back from the database
-    (so it is the same whichever workers did the batches)."""
+    (so it is the same whichever workers did the batches). ``error`` (a failed run: the
+    exception's class name) is stored with the counts."""
     from bloodnet_ops.db import repo
     from bloodnet_ops.db.models import Finding, InferenceRun, Quarantine, Study, ValidationResult
 
@@ -726,12 +769,37 @@ def summarise_run(db_url: str, run_id: str, counts: Sequence[dict[str, Any]] | N
         with engine.begin() as conn:  # the version is known only once a batch has loaded it
             conn.execute(update(runs).where(runs.c.run_id == run_id)
                          .values(model_version=model_version))
-    repo.finish_inference_run(
-        engine, run_id=run_id, status=status,
-        counts={k: v for k, v in asdict(summary).items() if k.startswith("n_") or k == "reasons"},
-        timings=timings,
-    )
+    stored = {k: v for k, v in asdict(summary).items() if k.startswith("n_") or k == "reasons"}
+    if error:
+        stored["error"] = error
+    repo.finish_inference_run(engine, run_id=run_id, status=status, counts=stored,
+                              timings=timings)
     return summary
+
+
+def fail_run(db_url: str, run_id: str, error: BaseException | str | None = None) -> bool:
+    """Close ``run_id`` as ``failed`` (with its finish time) if it is still ``running``: a step
+    failed for good (an Airflow task out of retries, an exception in :func:`screen`), so the
+    row must not claim the run is still going. Counts are what the database holds so far;
+    ``error`` is kept as a class name only (messages can carry keys). A run that already
+    finished is left as it is. Never raises (it runs on failure paths); returns whether the row
+    was closed."""
+    from bloodnet_ops.db.models import InferenceRun
+
+    name = error if isinstance(error, str) or error is None else type(error).__name__
+    runs = InferenceRun.__table__
+    try:
+        with _engine(db_url).connect() as conn:
+            status = conn.execute(select(runs.c.status).where(runs.c.run_id == run_id)
+                                  ).scalar_one_or_none()
+        if status != "running":
+            return False
+        summarise_run(db_url, run_id, status="failed", error=name or "unknown")
+    except Exception as exc:  # noqa: BLE001 - the original failure is what must surface
+        log.error("could not mark run %s failed: %s", run_id, type(exc).__name__)
+        return False
+    log.warning("run %s marked failed (%s)", run_id, name or "unknown")
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -755,19 +823,25 @@ def screen(
     """The nightly job without Airflow (``bloodnet screen``): the same functions, in order."""
     found = discover(source_uri, db_url, prefix=prefix, run_id=run_id, rescan=rescan,
                      output_uri=output_uri)
-    validate_and_record(found.source_uri, db_url, found.run_id, prefix=prefix, site=site)
-    batches = plan_batches(db_url, found.run_id, batch_size)
-    counts = []
     bar = None
-    if progress:
-        from tqdm import tqdm
+    try:
+        validate_and_record(found.source_uri, db_url, found.run_id, prefix=prefix, site=site)
+        batches = plan_batches(db_url, found.run_id, batch_size)
+        counts = []
+        if progress:
+            from tqdm import tqdm
 
-        bar = tqdm(total=sum(map(len, batches)), unit="study", desc="screening")
-    for batch in batches:
-        counts.append(infer_batch(found.source_uri, db_url, batch, found.run_id, model_path,
-                                  output_uri=output_uri, write_dicom=write_dicom))
+            bar = tqdm(total=sum(map(len, batches)), unit="study", desc="screening")
+        for batch in batches:
+            counts.append(infer_batch(found.source_uri, db_url, batch, found.run_id,
+                                      model_path, output_uri=output_uri,
+                                      write_dicom=write_dicom))
+            if bar is not None:
+                bar.update(len(batch))
+        return summarise_run(db_url, found.run_id, counts)
+    except BaseException as exc:  # incl. Ctrl-C: the run is over either way
+        fail_run(db_url, found.run_id, exc)
+        raise
+    finally:
         if bar is not None:
-            bar.update(len(batch))
-    if bar is not None:
-        bar.close()
-    return summarise_run(db_url, found.run_id, counts)
+            bar.close()

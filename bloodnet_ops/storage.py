@@ -4,20 +4,34 @@ Keys are always relative to the source root, use ``/`` separators and may have *
 nothing downstream reads meaning into them (studies are found from DICOM UIDs).
 
 S3 endpoint and credentials come from the standard AWS environment variables plus
-``BLOODNET_S3_ENDPOINT``. Retries use botocore's ``standard`` mode (exponential backoff on
-throttling and 5xx), so a flapping object store slows a night down rather than failing it.
+``BLOODNET_S3_ENDPOINT``. Retries happen at two levels, so a flapping or restarting object store
+slows a night down rather than failing it:
+
+- botocore's ``standard`` mode retries each request (exponential backoff on throttling, 5xx and
+  connection errors), but gives up after ~6 s of connection errors (8 attempts, 50 ms x 2^i);
+- :func:`with_retries` then retries the whole read, list page or write for up to
+  ``BLOODNET_S3_RETRY_SECONDS`` (default 60 s) in all, with exponential backoff and jitter, on
+  connection-level errors and on 5xx / SlowDown answers that outlived botocore's attempts. That
+  rides out a store restart (5-20 s) without a task retry. Anything else (404, 403, a bad range)
+  is raised at once: it is about the object, not the store.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
-from collections.abc import Iterator
+import random
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from bloodnet_ops.records import ObjectRef
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Bytes fetched by the first ranged GET. A CT header is typically 1–4 kB; 16 kB covers vendor
 #: private blocks too, and costs the same round trip as 1 kB.
@@ -78,6 +92,82 @@ class LocalSource:
         tmp.replace(path)
 
 
+# --------------------------------------------------------------------------- outage retries
+#: Environment variable: seconds an S3 operation keeps retrying connection errors and 5xx
+#: answers, counted from its first attempt (0 turns this level of retries off).
+RETRY_ENV = "BLOODNET_S3_RETRY_SECONDS"
+DEFAULT_RETRY_SECONDS = 60.0
+#: Backoff: the first wait, doubling up to the cap, each scaled by a random factor in [0.5, 1].
+BACKOFF_FIRST_S = 0.5
+BACKOFF_MAX_S = 8.0
+#: Error codes of answers that mean "the store is struggling", not "this object is bad".
+_STORE_CODES = frozenset({
+    "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
+    "RequestTimeout", "InternalError", "ServiceUnavailable", "BadGateway", "GatewayTimeout",
+})
+
+
+def retry_seconds() -> float:
+    """The retry budget from ``BLOODNET_S3_RETRY_SECONDS`` (read on every call, so a task or a
+    test can change it), else :data:`DEFAULT_RETRY_SECONDS`."""
+    text = os.environ.get(RETRY_ENV, "").strip()
+    if not text:
+        return DEFAULT_RETRY_SECONDS
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        log.warning("ignoring %s=%r (not a number of seconds)", RETRY_ENV, text)
+        return DEFAULT_RETRY_SECONDS
+
+
+def outage(exc: BaseException) -> str | None:
+    """A short description of ``exc`` when it means the store is unreachable or failing
+    (connection refused or closed, timeouts, 5xx, throttling), else ``None``. The description
+    names only the error class and code: messages can carry the URL, i.e. the object key."""
+    from botocore import exceptions as bce
+
+    if isinstance(exc, bce.SSLError):
+        return None  # a certificate problem does not go away by waiting
+    if isinstance(exc, (bce.ConnectionError, bce.HTTPClientError, bce.IncompleteReadError)):
+        return type(exc).__name__
+    if isinstance(exc, bce.ClientError):
+        err = exc.response.get("Error", {}) or {}
+        meta = exc.response.get("ResponseMetadata", {}) or {}
+        code = str(err.get("Code") or "")
+        status = int(meta.get("HTTPStatusCode") or 0)
+        if status >= 500 or status == 429 or code in _STORE_CODES:
+            return f"{code or 'ClientError'} (HTTP {status or '?'})"
+    return None
+
+
+def with_retries(op: str, fn: Callable[[], T], *, budget: float | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> T:
+    """``fn()``, retried on :func:`outage` errors with exponential backoff and jitter until
+    ``budget`` seconds (default :func:`retry_seconds`) have passed; then the last error is
+    raised as it was. ``op`` names the operation in the log (never the key)."""
+    budget = retry_seconds() if budget is None else budget
+    t0 = time.monotonic()
+    attempt = 0
+    while True:
+        try:
+            return fn()
+        except Exception as exc:
+            why = outage(exc)
+            if why is None:
+                raise
+            elapsed = time.monotonic() - t0
+            delay = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** attempt) * random.uniform(0.5, 1)
+            if elapsed + delay > budget:
+                if attempt:
+                    log.error("S3 %s still failing after %.1f s and %d retries (%s); giving up",
+                              op, elapsed, attempt, why)
+                raise
+            attempt += 1
+            log.warning("S3 %s failed (%s); retry %d in %.1f s (%.1f of %.0f s used)",
+                        op, why, attempt, delay, elapsed, budget)
+            sleep(delay)
+
+
 def s3_client(endpoint: str | None = None, *, max_attempts: int = 8, pool: int = 32):
     """A boto3 S3 client for ``BLOODNET_S3_ENDPOINT`` (or AWS) with adaptive retries."""
     import boto3
@@ -120,33 +210,36 @@ class S3Source:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def list(self, page_size: int = 1000) -> Iterator[ObjectRef]:
-        pages = self._client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket,
-            Prefix=f"{self.prefix}/" if self.prefix else "",
-            PaginationConfig={"PageSize": page_size},
-        )
+        """Every object under the prefix, page by page; a failed page is retried on its own
+        (:func:`with_retries`), so an outage mid-listing does not restart the listing."""
         cut = len(self.prefix) + 1 if self.prefix else 0
-        for page in pages:
+        kwargs = {"Bucket": self.bucket, "Prefix": f"{self.prefix}/" if self.prefix else "",
+                  "MaxKeys": page_size}
+        while True:
+            page = with_retries("list", lambda kw=dict(kwargs): self._client.list_objects_v2(**kw))
             for obj in page.get("Contents", []):
                 if obj["Key"].endswith("/"):
                     continue  # folder markers are not objects
                 yield ObjectRef(obj["Key"][cut:], obj["ETag"].strip('"'), int(obj["Size"]))
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
+            kwargs["ContinuationToken"] = token
 
     def get_range(self, key: str, length: int) -> bytes:
         if length <= 0:
             return b""
-        resp = self._client.get_object(
+        return with_retries("ranged get", lambda: self._client.get_object(
             Bucket=self.bucket, Key=self._full(key), Range=f"bytes=0-{length - 1}"
-        )
-        return resp["Body"].read()
+        )["Body"].read())
 
     def get(self, key: str) -> bytes:
-        return self._client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"].read()
+        return with_retries("get", lambda: self._client.get_object(
+            Bucket=self.bucket, Key=self._full(key))["Body"].read())
 
     def put(self, key: str, data: bytes, content_type: str = "application/dicom") -> None:
-        self._client.put_object(
-            Bucket=self.bucket, Key=self._full(key), Body=data, ContentType=content_type
-        )
+        with_retries("put", lambda: self._client.put_object(
+            Bucket=self.bucket, Key=self._full(key), Body=data, ContentType=content_type))
 
 
 def open_source(uri: str | os.PathLike[str]) -> LocalSource | S3Source:

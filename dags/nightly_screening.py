@@ -45,6 +45,16 @@ PARAMS = {
 }
 
 
+def _close_failed_run(context) -> None:
+    """A task failed for good (retries spent): close the night's `inference_runs` row as
+    'failed' rather than leave it 'running' (`finalise` never runs after a failed batch)."""
+    from bloodnet_ops import screening
+
+    run_id = screening.night_run_id(context.get("logical_date"), context["run_id"])
+    with bloodnet_env() as cfg:
+        screening.fail_run(cfg.db_url, run_id, context.get("exception"))
+
+
 def _source(params: dict, configured: str | None) -> str:
     source = params.get("source_uri") or configured
     if not source:
@@ -67,6 +77,7 @@ def _source(params: dict, configured: str | None) -> str:
         "retry_delay": RETRY_DELAY,
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": MAX_RETRY_DELAY,
+        "on_failure_callback": _close_failed_run,
     },
 )
 def bloodnet_nightly_screening():

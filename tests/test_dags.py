@@ -178,3 +178,24 @@ def test_dag_run_with_a_corrupt_study_quarantines_it_and_scores_the_rest(
     (verdict,) = query(db, "SELECT verdict FROM validation_results WHERE study_uid = :s",
                        s=victim)
     assert verdict.verdict == "reject"
+
+
+def test_a_batch_that_fails_every_retry_closes_the_run_as_failed(
+    dagbag, conns: dict[str, str], synth_small: Path, tmp_path: Path,
+) -> None:
+    """Every ``infer`` attempt fails (the weights are missing), so ``finalise`` never runs; the
+    tasks' failure callback closes the night's ``inference_runs`` row as ``failed`` instead of
+    leaving it ``running``."""
+    from bloodnet_ops.screening import night_run_id
+
+    db = conns["db_url"]
+    upload_studies(synth_small, conns["bucket"], "incoming")
+    dr, states = _run(_dag(dagbag), model_path=str(tmp_path / "missing.pt"), batch_size=16)
+    assert str(dr.state) == "failed", states
+    assert states[("infer", 0)] == "failed", states
+    assert states[("finalise", -1)] == "upstream_failed", states
+    (run,) = query(db, "SELECT run_id, status, finished_at, counts FROM inference_runs")
+    assert run.run_id == night_run_id(NIGHT, dr.run_id)
+    assert run.status == "failed" and run.finished_at is not None
+    assert run.counts["error"] == "FileNotFoundError"
+    assert run.counts["n_studies"] == len(labels(synth_small)) and run.counts["n_scored"] == 0

@@ -224,15 +224,17 @@ def test_s3_killed_mid_validation_and_restarted_the_night_completes_unchanged(
 
     botocore 1.44's standard retry mode backs off 50 ms x 2^i for connection errors (8 attempts,
     at most ~6 s in all) and spends 14 of its 500 quota tokens per such retry, while a SeaweedFS
-    restart takes 5-10 s here. So the request-level retries run out, the ``validate`` task fails,
-    and Airflow's task retry (``retries=2``, exponential delay; 8 s here, 1 min in production)
-    redoes it once the store is back: the task is idempotent, so the night ends with the rows of
-    a clean run.
+    restart takes 5-10 s here. ``S3Source``'s own retries would ride that out (see the next
+    test); they are turned off here (``BLOODNET_S3_RETRY_SECONDS=0``) to prove the last line of
+    defence: the ``validate`` task fails, and Airflow's task retry (``retries=2``, exponential
+    delay; 8 s here, 1 min in production) redoes it once the store is back. The task is
+    idempotent, so the night ends with the rows of a clean run.
     """
     from bloodnet_ops.storage import s3_client
 
     for key, value in own_s3.env().items():
         monkeypatch.setenv(key, value)
+    monkeypatch.setenv("BLOODNET_S3_RETRY_SECONDS", "0")
     bucket = f"kill-{uuid.uuid4().hex[:12]}"
     s3_client().create_bucket(Bucket=bucket)
     n_objects = upload_studies(night, bucket, "incoming")
@@ -258,6 +260,50 @@ def test_s3_killed_mid_validation_and_restarted_the_night_completes_unchanged(
     srs = [o["Key"] for o in listing.get("Contents", []) if o["Key"].endswith("/sr.dcm")]
     assert len(srs) == len(set(srs)) == 3
     assert conns["output_uri"].endswith("/derived")
+
+
+def test_s3_down_longer_than_botocores_retries_validation_rides_it_out(
+    own_s3, night: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    own_boto3_session: None, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``bloodnet screen`` has no task retry to fall back on. SeaweedFS is SIGKILLed during the
+    header reads of ``validate_source`` over S3 and kept down 12 s (then restarted: ~15-20 s
+    without a store, three times what botocore's own retries cover). ``S3Source`` keeps
+    retrying each read with backoff and jitter within ``BLOODNET_S3_RETRY_SECONDS`` (default
+    60 s): the run completes with the verdicts of a clean run, and the retries are logged
+    without keys or UIDs."""
+    import logging
+
+    from bloodnet_ops.pipeline import validate_source
+    from bloodnet_ops.storage import LocalSource, S3Source, s3_client
+
+    for key, value in own_s3.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("BLOODNET_S3_RETRY_SECONDS", raising=False)  # the default budget
+    bucket = f"down-{uuid.uuid4().hex[:12]}"
+    s3_client().create_bucket(Bucket=bucket)
+    upload_studies(night, bucket, "in")
+    clean = validate_source(LocalSource(copy_studies(night, tmp_path / "night")), workers=4)
+
+    caplog.set_level(logging.WARNING, logger="bloodnet_ops.storage")
+    t0 = time.monotonic()
+    with Outage(own_s3, after_gets=40, down_s=12.0) as outage:
+        report = validate_source(S3Source(bucket, "in"), workers=8)
+    seconds = time.monotonic() - t0
+    assert outage.killed_at is not None and outage.back_at is not None, outage.gets
+    assert outage.back_at - outage.killed_at >= 12.0
+    assert seconds < 60
+
+    def verdicts(rep) -> list[tuple]:
+        return [(s.study_uid, s.series_uid, s.verdict, s.reasons, s.series_keys, s.n_slices)
+                for s in rep.studies]
+
+    assert verdicts(report) == verdicts(clean)
+    assert report.unreadable == [] and len(report.objects) == len(clean.objects)
+    retries = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
+    assert retries, "the outage outlived botocore's retries: S3Source must have retried"
+    uids = {s.study_uid for s in clean.studies} | {s.series_uid for s in clean.studies}
+    assert not any(".dcm" in m or any(u in m for u in uids) for m in retries)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -455,6 +501,7 @@ def test_a_store_that_stays_down_fails_the_step_instead_of_quarantining_good_dat
 
     upload_studies(night, s3_bucket, "in")
     source = f"s3://{s3_bucket}/in"
+    monkeypatch.setenv("BLOODNET_S3_RETRY_SECONDS", "3")  # outages are ridden out this long
     with FaultProxy(s3_server.endpoint, FaultPlan(status=500, first=10**9,
                                                   match=reads_only)) as proxy:
         monkeypatch.setenv("BLOODNET_S3_ENDPOINT", proxy.endpoint)
@@ -529,7 +576,8 @@ def test_a_series_too_large_to_hold_is_rejected_with_a_reason_and_the_night_goes
 ) -> None:
     """Host memory runs out preparing the largest series (simulated: ``MemoryError`` from the
     Predictor's volume preparation for more than 40 slices, a limit between this night's 29- and
-    48-slice series). The study is quarantined with a reason code; the others are scored."""
+    48-slice series). The study is quarantined with a reason code and a detail that says the
+    series was too large; the others are scored."""
     from bloodnet_ops.model import predictor as predictor_mod
 
     truth = labels(night)
@@ -552,8 +600,11 @@ def test_a_series_too_large_to_hold_is_rejected_with_a_reason_and_the_night_goes
     assert (summary.n_scored, summary.n_failed, summary.n_rejected) == (2, 1, 1)
     assert {r.study_uid for r in query(fresh_db, "SELECT study_uid FROM findings")} == (
         set(truth) - {big})
-    (q,) = query(fresh_db, "SELECT ref, reason FROM quarantine WHERE kind = 'study'")
-    assert (q.ref, q.reason) == (big, "pixel_decode_failed")
+    (q,) = query(fresh_db, "SELECT ref, reason, detail FROM quarantine WHERE kind = 'study'")
+    assert (q.ref, q.reason) == (big, "pixel_decode_failed")  # the stable code ...
+    # ... and a detail that says what happened and where the limit is set
+    assert q.detail.startswith("series too large: out of memory")
+    assert "BLOODNET_MAX_SERIES_VOXELS" in q.detail
     (v,) = query(fresh_db, "SELECT verdict FROM validation_results WHERE study_uid = :s", s=big)
     assert v.verdict == "reject"
 

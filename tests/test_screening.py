@@ -206,3 +206,99 @@ def test_load_failures_quarantine_bad_data_but_raise_on_an_outage() -> None:
                    ConnectionResetError()):
         with pytest.raises(type(outage)):
             screening._failure_reason(outage)
+
+
+# ---------------------------------------------------------------------------------------------
+# large nights: validation in partitions, recorded part by part
+
+
+def _validation_rows(db_url: str, run_id: str) -> dict[str, list]:
+    """Everything validation writes for ``run_id`` (ids and timestamps left out)."""
+    return {
+        "verdicts": query(db_url, "SELECT study_uid, series_uid, site, verdict, reasons, n_slices"
+                                  " FROM validation_results WHERE run_id = :r ORDER BY 1", r=run_id),
+        "checks": query(db_url, "SELECT study_uid, ordinal, suite, expectation, column_name,"
+                                " success, observed::text, reason FROM expectation_results"
+                                " WHERE run_id = :r ORDER BY 1, 2", r=run_id),
+        "quarantine": query(db_url, "SELECT kind, ref, reason, reasons, detail FROM quarantine"
+                                    " WHERE run_id = :r ORDER BY 1, 2", r=run_id),
+        "hu": query(db_url, "SELECT study_uid, series_uid, air_peak, brain_median, p01, p99, mean"
+                            " FROM hu_stats WHERE run_id = :r ORDER BY 1", r=run_id),
+        "objects": query(db_url, "SELECT key, status, study_uid, reason FROM objects"
+                                 " ORDER BY key"),
+    }
+
+
+def _middle_slice(folder: Path, study_uid: str, series_uid: str, site: str) -> Path:
+    """The slice in the middle of the stack by position (taking it out leaves a gap)."""
+    import pydicom
+
+    files = list((folder / site / study_uid / series_uid).iterdir())
+    z = {f: float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2])
+         for f in files}
+    return sorted(files, key=z.__getitem__)[len(files) // 2]
+
+
+def test_validation_in_partitions_records_the_rows_of_one_pass(
+    tmp_path: Path, fresh_db: str, synth_small: Path, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+) -> None:
+    """A night validated in partitions of ~1 study (headers spilled to disk, each part recorded
+    before the next is built) writes the same rows as one in-memory pass; then one new slice of
+    a known study brings the study's recorded objects along, and the study is judged whole."""
+    from bloodnet_ops import pipeline
+
+    folder = copy_studies(synth_small, tmp_path / "night")
+    (folder / "stray.bin").write_bytes(b"\x00" * 300)
+    truth = labels(synth_small)
+    victim = min(truth)
+    row = truth[victim]
+    held = _middle_slice(folder, victim, row["series_uid"], row["site"])
+    kept_aside = held.read_bytes()
+    held.unlink()
+
+    found = screening.discover(str(folder), fresh_db, run_id="one-pass")
+    one = screening.validate_and_record(found.source_uri, fresh_db, "one-pass")
+    rows_one = _validation_rows(fresh_db, "one-pass")
+    assert one.n_unreadable == 1 and one.n_studies == len(truth) and one.n_rejected == 1
+    assert one.n_objects == found.n_listed
+
+    monkeypatch.setattr(pipeline, "PARTITION_OBJECTS", 60)
+    monkeypatch.setattr(pipeline, "READ_CHUNK", 50)
+    found = screening.discover(str(folder), fresh_db, run_id="parts", rescan=True)
+    parts = screening.validate_and_record(found.source_uri, fresh_db, "parts")
+    same = ("n_objects", "n_studies", "n_accepted", "n_rejected", "n_unreadable", "reasons")
+    assert [getattr(parts, k) for k in same] == [getattr(one, k) for k in same]
+    assert _validation_rows(fresh_db, "parts") == rows_one
+
+    # the next night: only the missing slice is new, and its study is validated whole
+    held.write_bytes(kept_aside)
+    found = screening.discover(str(folder), fresh_db, run_id="next")
+    assert found.n_new == 1
+    nxt = screening.validate_and_record(found.source_uri, fresh_db, "next")
+    n_objects = sum(1 for p in (folder / row["site"] / victim).rglob("*") if p.is_file())
+    assert (nxt.n_objects, nxt.n_studies, nxt.n_accepted) == (n_objects, 1, 1)
+    (v,) = query(fresh_db, "SELECT verdict, n_slices FROM validation_results"
+                           " WHERE run_id = 'next'")
+    assert v.verdict == "accept"
+    assert v.n_slices == len(list((folder / row["site"] / victim / row["series_uid"]).iterdir()))
+    statuses = query(fresh_db, "SELECT status, count(*) FROM objects GROUP BY 1 ORDER BY 1")
+    assert [tuple(s) for s in statuses] == [("ingested", found.n_listed - 1), ("unreadable", 1)]
+
+
+def test_a_run_that_fails_is_closed_as_failed_not_left_running(
+    tmp_path: Path, fresh_db: str, synth_small: Path,  # noqa: F811
+) -> None:
+    """Inference fails for good (here: the weights are missing). ``screen`` re-raises, and the
+    run's ``inference_runs`` row is closed as ``failed`` with its finish time, the counts so far
+    and the error's class; closing it again, or an unknown run, changes nothing."""
+    folder = copy_studies(synth_small, tmp_path / "night")
+    with pytest.raises(FileNotFoundError):
+        screening.screen(str(folder), fresh_db, str(tmp_path / "missing.pt"), write_dicom=False)
+    (run,) = query(fresh_db, "SELECT run_id, status, finished_at, counts FROM inference_runs")
+    assert run.status == "failed" and run.finished_at is not None
+    assert run.counts["error"] == "FileNotFoundError"
+    assert run.counts["n_studies"] == len(labels(synth_small)) and run.counts["n_scored"] == 0
+    assert screening.fail_run(fresh_db, run.run_id) is False  # already closed
+    assert screening.fail_run(fresh_db, "no-such-run") is False
+    (again,) = query(fresh_db, "SELECT status, finished_at FROM inference_runs")
+    assert tuple(again) == ("failed", run.finished_at)

@@ -217,3 +217,91 @@ def test_open_source_rejects_bad_uris(tmp_path: Path) -> None:
     (tmp_path / "file.dcm").write_bytes(b"x")
     with pytest.raises(FileNotFoundError):
         open_source(tmp_path / "file.dcm")
+
+
+# ---------------------------------------------------------------------------------------------
+# outage retries (the store going away for good is in test_faults.py)
+
+
+def _client_error(status: int, code: str):
+    from botocore.exceptions import ClientError
+
+    return ClientError({"Error": {"Code": code, "Message": "s3://b/patient-smith/1.dcm"},
+                        "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+
+
+def test_outages_are_retried_with_backoff_within_the_budget(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Connection errors, 5xx and SlowDown are retried with exponential backoff and jitter until
+    ``BLOODNET_S3_RETRY_SECONDS`` is spent, then the last error is raised unchanged; the log
+    names the operation and error class, never the key (messages can carry it)."""
+    import logging
+
+    from botocore.exceptions import ConnectionClosedError, EndpointConnectionError
+
+    from bloodnet_ops import storage
+
+    clock = [0.0]
+    waits: list[float] = []
+
+    def sleep(s: float) -> None:
+        waits.append(s)
+        clock[0] += s
+
+    monkeypatch.setattr(storage.time, "monotonic", lambda: clock[0])
+    url = "http://127.0.0.1:1/bucket/patient-smith/1.dcm"
+    errors = [EndpointConnectionError(endpoint_url=url), ConnectionClosedError(endpoint_url=url),
+              _client_error(503, "SlowDown"), _client_error(500, "InternalError")]
+    calls = iter(errors)
+
+    def flaky() -> bytes:
+        exc = next(calls, None)
+        if exc is not None:
+            raise exc
+        return b"ok"
+
+    caplog.set_level(logging.WARNING, logger="bloodnet_ops.storage")
+    assert storage.with_retries("get", flaky, sleep=sleep) == b"ok"
+    assert len(waits) == 4
+    for i, w in enumerate(waits):  # 0.5 s doubling, times a jitter factor in [0.5, 1]
+        assert 0.5 * 0.5 * 2 ** i <= w <= 0.5 * 2 ** i
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 4 and all("retry" in m for m in messages)
+    assert not any("smith" in m or "1.dcm" in m for m in messages)
+
+    # a store that stays down: no attempt starts after the budget, the error is the original
+    monkeypatch.setenv("BLOODNET_S3_RETRY_SECONDS", "20")
+    clock[0], waits[:] = 0.0, []
+
+    def down() -> bytes:
+        raise EndpointConnectionError(endpoint_url=url)
+
+    with pytest.raises(EndpointConnectionError):
+        storage.with_retries("get", down, sleep=sleep)
+    assert sum(waits) <= 20 and len(waits) >= 3
+    assert max(waits) <= storage.BACKOFF_MAX_S
+
+    # budget 0: no retries at all (the Airflow task retry takes over)
+    monkeypatch.setenv("BLOODNET_S3_RETRY_SECONDS", "0")
+    waits[:] = []
+    with pytest.raises(EndpointConnectionError):
+        storage.with_retries("get", down, sleep=sleep)
+    assert waits == []
+
+
+@pytest.mark.parametrize("status,code", [(404, "NoSuchKey"), (403, "AccessDenied"),
+                                         (416, "InvalidRange"), (400, "InvalidArgument")])
+def test_errors_about_the_object_are_not_retried(status: int, code: str) -> None:
+    from botocore.exceptions import ClientError
+
+    from bloodnet_ops import storage
+
+    calls = []
+
+    def bad() -> bytes:
+        calls.append(1)
+        raise _client_error(status, code)
+
+    with pytest.raises(ClientError):
+        storage.with_retries("get", bad, sleep=lambda s: pytest.fail("slept"))
+    assert calls == [1]

@@ -58,7 +58,8 @@ MAX_DETAIL = 2000
 # helpers
 
 
-def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Lists of up to ``size`` items, consuming ``items`` lazily."""
     it = iter(items)
     while chunk := list(islice(it, size)):
         yield chunk
@@ -186,7 +187,7 @@ def manifest_changes(
     :data:`MANIFEST_CHUNK`, so memory does not grow with the listing.
     """
     out: list[ObjectRef] = []
-    for chunk in _chunks(objects, MANIFEST_CHUNK):
+    for chunk in chunked(objects, MANIFEST_CHUNK):
         by_key = {o.key: o for o in chunk}
         out.extend(with_retries(lambda b=by_key: _manifest_chunk(engine, source_uri, b)))
     return out
@@ -283,21 +284,70 @@ def _manifest_record(
 
 
 def manifest_keys_for_studies(
-    engine: Engine, source_uri: str, study_uids: Iterable[str]
+    engine: Engine, source_uri: str, study_uids: Iterable[str], *,
+    except_pending_under: str | None = None,
 ) -> list[ObjectRef]:
     """Every recorded object of the given studies, so an incremental run that sees one new slice
-    of a known study can re-validate the whole study rather than a fragment of it."""
+    of a known study can re-validate the whole study rather than a fragment of it.
+
+    ``except_pending_under``: leave out the ``pending`` objects under this key prefix (``""``:
+    all pending objects), i.e. those the caller is validating anyway."""
     uids = sorted(set(study_uids))
     if not uids:
         return []
     t = _table(ObjectRecord)
+    where = [t.c.source_uri == source_uri]
+    if except_pending_under is not None:
+        prefix = except_pending_under.strip("/")
+        pending = t.c.status == "pending"
+        if prefix:
+            pending = pending & t.c.key.startswith(prefix + "/", autoescape=True)
+        where.append(~pending)
+    out: list[ObjectRef] = []
     with engine.connect() as conn:
-        rows = conn.execute(
-            select(t.c.key, t.c.etag, t.c.size)
-            .where(t.c.source_uri == source_uri, t.c.study_uid.in_(uids))
-            .order_by(t.c.key)
-        )
-        return [ObjectRef(r.key, r.etag, int(r.size)) for r in rows]
+        for chunk in chunked(uids, MANIFEST_CHUNK):
+            rows = conn.execute(
+                select(t.c.key, t.c.etag, t.c.size)
+                .where(*where, t.c.study_uid.in_(chunk))
+                .order_by(t.c.key)
+            )
+            out.extend(ObjectRef(r.key, r.etag, int(r.size)) for r in rows)
+    return sorted(out, key=lambda o: o.key)
+
+
+def iter_pending(
+    engine: Engine, source_uri: str, prefix: str | None = None, *, page: int = MANIFEST_CHUNK
+) -> Iterator[ObjectRef]:
+    """The manifest's ``pending`` objects of a source (optionally under a key prefix), by key,
+    one page at a time (keyset pagination: short queries, no cursor held open while the
+    caller works, and the caller may record objects as it goes)."""
+    t = _table(ObjectRecord)
+    where = [t.c.source_uri == source_uri, t.c.status == "pending"]
+    prefix = (prefix or "").strip("/")
+    if prefix:
+        where.append(t.c.key.startswith(prefix + "/", autoescape=True))
+    last: str | None = None
+    while True:
+        q = select(t.c.key, t.c.etag, t.c.size).where(*where)
+        if last is not None:
+            q = q.where(t.c.key > last)
+        with engine.connect() as conn:
+            rows = conn.execute(q.order_by(t.c.key).limit(page)).all()
+        yield from (ObjectRef(r.key, r.etag, int(r.size)) for r in rows)
+        if len(rows) < page:
+            return
+        last = rows[-1].key
+
+
+def count_pending(engine: Engine, source_uri: str, prefix: str | None = None) -> int:
+    """How many ``pending`` objects :func:`iter_pending` will give."""
+    t = _table(ObjectRecord)
+    where = [t.c.source_uri == source_uri, t.c.status == "pending"]
+    prefix = (prefix or "").strip("/")
+    if prefix:
+        where.append(t.c.key.startswith(prefix + "/", autoescape=True))
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(t).where(*where)).scalar_one())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,7 +450,7 @@ def _record_validation(
     )
     vr = _table(ValidationResult)
     ids: dict[str, int] = {}
-    for chunk in _chunks([s.study_uid for s in studies], MANIFEST_CHUNK):
+    for chunk in chunked([s.study_uid for s in studies], MANIFEST_CHUNK):
         rows = conn.execute(
             select(vr.c.study_uid, vr.c.id).where(vr.c.run_id == run_id, vr.c.study_uid.in_(chunk))
         )
@@ -432,7 +482,7 @@ def _record_validation(
             "run_id": run_id, "source_uri": source_uri, "kind": "study", "ref": s.study_uid,
             "study_uid": s.study_uid, "object_key": None, "site": _site(s),
             "reason": s.reasons[0].value if s.reasons else "unknown",
-            "reasons": [r.value for r in s.reasons], "detail": "",
+            "reasons": [r.value for r in s.reasons], "detail": (s.detail or "")[:MAX_DETAIL],
         }
         for s in studies
         if s.verdict == Verdict.REJECT
