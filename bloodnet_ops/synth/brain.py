@@ -7,6 +7,8 @@ its own sub-volume of the grid.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from bloodnet_ops.synth.geometry import HeadCoords
@@ -242,9 +244,21 @@ def dural_structures(
     hc: HeadCoords, p: AnatomyParams, d_in: np.ndarray, hu: np.ndarray, tissue: np.ndarray,
     landmarks: dict[str, Vec],
 ) -> None:
-    """Falx, tentorium and the dural venous sinuses (superior sagittal, straight, transverse)."""
+    """Falx, tentorium and the dural venous sinuses, in place.
+
+    HU ranges (drawn per study in :func:`~bloodnet_ops.synth.headparams.sample_anatomy`):
+    falx cerebri ``falx_hu`` 35-80 over a full thickness of 0.6-3.2 mm, from the inner table down
+    to its free edge above the corpus callosum (highest at the vertex, where it meets the
+    superior sagittal sinus); tentorium ``tent_hu`` 35-75, 0.6-2.4 mm; superior sagittal,
+    straight, transverse and sigmoid sinuses and the torcula at ``venous_hu`` 40-70 (65-78 as a
+    "dense sinus" mimic). Thick slices average these thin sheets with the brain next to them, as
+    a scanner does, so the slab value may be lower.
+    """
     s = p.scale
+    ss = p.sinus_scale
     intra_codes = np.array([Tissue.CSF, Tissue.GM, Tissue.WM], dtype=np.uint8)
+    sinus_codes = np.array([Tissue.CSF, Tissue.GM, Tissue.WM, Tissue.CEREBELLUM, Tissue.SOFT],
+                           dtype=np.uint8)
     b = hc.box((-12.0, 12.0), (-p.b - 5, p.b + 5), (-40.0, p.c + 5))
     if b is not None:
         u, v, w = hc.sub(b)
@@ -252,14 +266,16 @@ def dural_structures(
         dd = d_in[b]
         tis = tissue[b]
         intra = np.isin(tis, intra_codes)
-        falx = intra & (np.abs(um) < 0.55) & (w > falx_bottom(v, p))
+        # The falx thickens towards the vertex, where it splits around the sagittal sinus.
+        half_t = np.float32(p.falx_half_t) * (1.0 + 0.6 * np.exp(-dd / 12.0))
+        falx = intra & (np.abs(um) < half_t) & (w > falx_bottom(v, p))
         sub = hu[b]
-        sub[falx] = 0.5 * sub[falx] + 0.5 * p.falx_hu
+        sub[falx] = np.float32(p.falx_hu)
+        tis[falx] = Tissue.DURA
         # Superior sagittal sinus: a triangle against the inner table along the midline.
-        h = 7.0 * s
+        h = 7.0 * s * ss
         sss = (dd > 0) & (dd < h) & (np.abs(um) < 0.9 * (h - dd) + 0.5) & (w > -30.0)
-        sss &= np.isin(tis, np.array([Tissue.CSF, Tissue.GM, Tissue.WM, Tissue.CEREBELLUM],
-                                     dtype=np.uint8))
+        sss &= np.isin(tis, np.array([*sinus_codes, Tissue.DURA], dtype=np.uint8))
         sub[sss] = p.venous_hu
         tis[sss] = Tissue.SINUS
     b = hc.box((-p.a, p.a), (0.0, p.b + 5), (p.post_floor - 5, -5.0))
@@ -269,23 +285,69 @@ def dural_structures(
         sub = hu[b]
         tent = tentorium_w(u, v, p)
         post = v > petrous_line(u, p)
-        tline = post & (np.abs(w - tent) < 0.35) & np.isin(tis, intra_codes)
-        sub[tline] = 0.7 * sub[tline] + 0.3 * p.falx_hu
+        tline = post & (np.abs(w - tent) < p.tent_half_t) & np.isin(
+            tis, np.array([*intra_codes, Tissue.CEREBELLUM], dtype=np.uint8))
+        sub[tline] = np.float32(p.tent_hu)
+        tis[tline] = Tissue.DURA
         dd = d_in[b]
-        trans = post & (dd > 0) & (dd < 5.5 * s) & (np.abs(w - tent + 2.0) < 3.5) & (v > 0.3 * p.b)
-        trans &= tis != Tissue.BONE
+        trans = post & (dd > 0) & (dd < 5.5 * s * ss) & (np.abs(w - tent + 2.0) < 3.5 * ss)
+        trans &= (v > 0.3 * p.b) & (tis != Tissue.BONE) & (tis != Tissue.AIR)
         sub[trans] = p.venous_hu
         tis[trans] = Tissue.SINUS
     torcula = (0.0, p.b - 4.0, float(tentorium_w(np.float32(0), np.float32(p.b), p)))
     galen = (0.0, 17.0 * s, 2.0 * s)
-    b = hc.box((-4.0, 4.0), (galen[1] - 4, torcula[1] + 4), (torcula[2] - 4, galen[2] + 4))
+    b = hc.box((-4.0 * ss, 4.0 * ss), (galen[1] - 4, torcula[1] + 4),
+               (torcula[2] - 4, galen[2] + 4))
     if b is not None:
         u, v, w = hc.sub(b)
-        tube = _segment_distance(u, v, w, galen, torcula) < 2.3
-        tube &= np.isin(tissue[b], np.array([*intra_codes, Tissue.CEREBELLUM], dtype=np.uint8))
+        tube = _segment_distance(u, v, w, galen, torcula) < 2.3 * ss
+        tube &= np.isin(tissue[b], np.array([*intra_codes, Tissue.CEREBELLUM, Tissue.DURA],
+                                            dtype=np.uint8))
         hu[b][tube] = p.venous_hu
         tissue[b][tube] = Tissue.SINUS
+    _sigmoid_sinuses(hc, p, d_in, hu, tissue, landmarks)
     landmarks["torcula"] = torcula
     landmarks["vein_of_galen"] = galen
 
 
+def _sigmoid_sinuses(hc: HeadCoords, p: AnatomyParams, d_in: np.ndarray, hu: np.ndarray,
+                     tissue: np.ndarray, landmarks: dict[str, Vec]) -> None:
+    """The sigmoid sinuses: from the lateral end of each transverse sinus an S-shaped tube
+    (venous_hu, 40-70 HU) curving down and forwards in its groove behind the petrous bone to the
+    jugular foramen."""
+    s, ss = p.scale, p.sinus_scale
+    w_t = float(tentorium_w(np.float32(p.a * 0.8), np.float32(0.6 * p.b), p)) - 2.0
+    codes = np.array([Tissue.CSF, Tissue.GM, Tissue.WM, Tissue.CEREBELLUM, Tissue.SOFT,
+                      Tissue.SINUS, Tissue.BONE], dtype=np.uint8)  # bone: its groove
+    for sd, name in ((1.0, "l"), (-1.0, "r")):
+        u0 = sd * (p.a - 9.0)
+        pts = [(u0, 0.55 * p.b, w_t),
+               (sd * (p.a - 11.0), 0.3 * p.b, w_t - 10.0 * s),
+               (sd * (p.a - 16.0), float(petrous_line(p.a - 16.0, p)) + 8.0, w_t - 20.0 * s),
+               (sd * 27.0 * s, float(petrous_line(27.0 * s, p)) + 4.0, p.post_floor + 2.0)]
+        pts = [_inside_table(pt, p, 0.94) for pt in pts]
+        r = 3.0 * ss
+        lo = np.min(pts, axis=0) - r - 1
+        hi = np.max(pts, axis=0) + r + 1
+        b = hc.box((lo[0], hi[0]), (lo[1], hi[1]), (lo[2], hi[2]))
+        if b is None:
+            continue
+        u, v, w = hc.sub(b)
+        dist = np.full(u.shape, np.inf, dtype=np.float32)
+        for a, c in itertools.pairwise(pts):
+            np.minimum(dist, _segment_distance(u, v, w, a, c).astype(np.float32), out=dist)
+        tube = (dist < r) & np.isin(tissue[b], codes) & (d_in[b] > -1.0)
+        hu[b][tube] = p.venous_hu
+        tissue[b][tube] = Tissue.SINUS
+        landmarks[f"sigmoid_{name}"] = pts[2]
+
+
+def _inside_table(pt: Vec, p: AnatomyParams, q: float) -> Vec:
+    """``pt`` moved along the ray from the head centre to the normalised radius ``q`` of the
+    inner-table ellipsoid (q < 1: just inside)."""
+    u, v, w = pt
+    c = p.c if w > 0 else p.c_low
+    a = p.a * (1 + p.egg * float(np.clip(v / p.b, -1, 1)))
+    r = float(np.sqrt((u / a) ** 2 + (v / p.b) ** 2 + (w / c) ** 2))
+    k = q / max(r, 1e-6)
+    return (u * k, v * k, w * k)

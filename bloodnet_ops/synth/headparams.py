@@ -32,8 +32,8 @@ class AnatomyParams:
     wm_hu: float
     csf_hu: float
     deep_gm_hu: float
-    venous_hu: float  #: dural sinuses; 40-55 normal, 60-75 a "dense sinus" mimic
-    falx_hu: float
+    venous_hu: float  #: dural sinuses, 40-70 HU with the patient's haematocrit; 65-78 "dense"
+    falx_hu: float  #: falx cerebri, 35-80 HU
     sulcal_corr: float  #: correlation length of the gyral pattern
     sulcal_depth: float
     cortex_t: float
@@ -44,6 +44,11 @@ class AnatomyParams:
     post_floor: float  #: w of the posterior fossa floor
     frontal_sinus: float  #: 0 (none) .. 1 (large)
     mastoid: float  #: 0 (sclerotic) .. 1 (well pneumatised)
+    falx_half_t: float = 0.55  #: half thickness of the falx (mm), 0.3-1.6
+    tent_hu: float = 50.0  #: tentorium cerebelli, 35-75 HU
+    tent_half_t: float = 0.35  #: half thickness of the tentorium (mm)
+    sinus_scale: float = 1.0  #: calibre of the venous sinuses relative to an average adult
+    child: bool = False  #: a child's head: small, thin skull, no frontal sinus, no atrophy
     midline_shift: float = 0.0  #: mm towards +u (patient left) of the midline structures
     shift_w: float = 20.0  #: level (w) of the largest shift
 
@@ -54,9 +59,15 @@ class AnatomyParams:
 
 
 def sample_anatomy(rng: np.random.Generator) -> AnatomyParams:
-    """Draw one adult head."""
-    b = rng.uniform(78.0, 88.0)
-    atrophy = float(np.clip(rng.beta(1.4, 4.0) * 1.3, 0, 1))
+    """Draw one head: an adult (atrophy from none to marked) or, one time in twelve, a child of
+    5-12 years (0.8-0.9 of adult size, thin skull, no frontal sinus, small ventricles).
+
+    Dura and venous blood are drawn wide on purpose (domain randomisation), so that no single
+    density of a normal structure means blood: falx 35-80 HU and 0.6-3.2 mm thick, tentorium
+    35-75 HU, venous sinuses 40-70 HU (haematocrit from anaemic to polycythaemic)."""
+    child = bool(rng.random() < 1 / 12)
+    b = rng.uniform(78.0, 88.0) * (rng.uniform(0.8, 0.9) if child else 1.0)
+    atrophy = 0.0 if child else float(np.clip(rng.beta(1.4, 4.0) * 1.3, 0, 1))
     gm = rng.uniform(34.0, 42.0)
     return AnatomyParams(
         a=b * rng.uniform(0.76, 0.86),
@@ -64,29 +75,35 @@ def sample_anatomy(rng: np.random.Generator) -> AnatomyParams:
         c=b * rng.uniform(0.86, 0.96),
         c_low=b * rng.uniform(1.25, 1.5),
         egg=rng.uniform(0.0, 0.09),
-        skull_t=rng.uniform(5.0, 8.0),
-        cortical_hu=rng.uniform(1500.0, 1950.0),
-        diploe_hu=rng.uniform(350.0, 750.0),
-        scalp_t=rng.uniform(3.5, 7.0),
+        skull_t=rng.uniform(2.5, 4.5) if child else rng.uniform(4.5, 9.0),
+        cortical_hu=rng.uniform(1200.0, 1950.0),
+        diploe_hu=rng.uniform(300.0, 800.0),
+        scalp_t=rng.uniform(3.0, 8.0),
         fat_frac=rng.uniform(0.15, 0.5),
         temporalis=rng.uniform(3.0, 11.0),
         atrophy=atrophy,
         gm_hu=gm,
-        wm_hu=gm - rng.uniform(6.5, 12.0),
-        csf_hu=rng.uniform(2.0, 12.0),
+        wm_hu=gm - rng.uniform(6.0, 12.0),
+        csf_hu=rng.uniform(0.0, 14.0),
         deep_gm_hu=gm - rng.uniform(0.0, 4.0),
-        venous_hu=rng.uniform(40.0, 55.0),
-        falx_hu=rng.uniform(45.0, 95.0),
+        venous_hu=rng.uniform(40.0, 70.0),
+        falx_hu=rng.uniform(35.0, 80.0),
         sulcal_corr=rng.uniform(4.0, 5.5),
         sulcal_depth=rng.uniform(12.0, 20.0),
         cortex_t=rng.uniform(2.3, 3.4),
-        vent_scale=0.8 + 0.9 * atrophy * rng.uniform(0.6, 1.0),
+        vent_scale=(rng.uniform(0.55, 0.8) if child
+                    else 0.8 + 0.9 * atrophy * rng.uniform(0.6, 1.0)),
         vent_asym=rng.uniform(0.85, 1.15),
         ant_floor=rng.uniform(-22.0, -14.0),
         mid_floor=rng.uniform(-47.0, -39.0),
         post_floor=rng.uniform(-62.0, -55.0),
-        frontal_sinus=float(rng.uniform(0, 1) if rng.random() < 0.8 else 0.0),
-        mastoid=rng.uniform(0.2, 1.0),
+        frontal_sinus=0.0 if child else float(rng.uniform(0, 1) if rng.random() < 0.8 else 0.0),
+        mastoid=rng.uniform(0.1, 0.4) if child else rng.uniform(0.2, 1.0),
+        falx_half_t=rng.uniform(0.3, 1.6),
+        tent_hu=rng.uniform(35.0, 75.0),
+        tent_half_t=rng.uniform(0.3, 1.2),
+        sinus_scale=rng.uniform(0.7, 1.4),
+        child=child,
     )
 
 

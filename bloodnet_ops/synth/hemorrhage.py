@@ -71,8 +71,13 @@ def _unit(v: np.ndarray | Vec) -> Vec:
 
 
 def _acute_hu(rng: np.random.Generator, lo: float, hi: float) -> float:
-    """Acute blood density; an anaemic patient's blood is less dense (~40-50 HU)."""
-    return float(rng.uniform(40, 52) if rng.random() < 0.08 else rng.uniform(lo, hi))
+    """Blood density: clotted acute blood in ``[lo, hi]``; one lesion in six is near-isodense
+    (33-50 HU: an anaemic patient, or hyperacute unclotted blood), and one in twenty-five
+    hypodense (25-33 HU), so "denser than brain" is not the only sign of blood."""
+    r = rng.random()
+    if r < 0.04:
+        return float(rng.uniform(25, 33))
+    return float(rng.uniform(33, 50) if r < 0.2 else rng.uniform(lo, hi))
 
 
 def _direction(rng: np.random.Generator, side: float, az: tuple[float, float],
@@ -109,7 +114,7 @@ def _plan_edh(rng: np.random.Generator, side: float, p: AnatomyParams) -> Lesion
 
 
 def _plan_sdh(rng: np.random.Generator, side: float, p: AnatomyParams) -> Lesion:
-    kind = str(rng.choice(["convexity", "falcine", "tentorial"], p=[0.8, 0.12, 0.08]))
+    kind = str(rng.choice(["convexity", "falcine", "tentorial"], p=[0.68, 0.18, 0.14]))
     v_ml = _log_uniform(rng, 0.2, 75.0) if kind == "convexity" else _log_uniform(rng, 0.2, 8.0)
     hu = _acute_hu(rng, 50, 82)
     mixed = 0.0
@@ -188,7 +193,7 @@ def _plan_iph(rng: np.random.Generator, side: float, p: AnatomyParams) -> Lesion
 def _plan_ivh(rng: np.random.Generator, side: float, p: AnatomyParams) -> Lesion:
     kind = str(rng.choice(["layering", "cast"], p=[0.7, 0.3]))
     both = rng.random() < 0.5
-    depth = _log_uniform(rng, 1.5, 14.0)
+    depth = _log_uniform(rng, 0.8, 14.0)  # down to a sliver in the occipital horn
     return Lesion(Subtype.IVH, kind, 0.0 if both else side, (0.0, 0.0, 0.0), (depth,) * 3,
                   _acute_hu(rng, 50, 85), 0.0, 1.0 if kind == "cast" and both else 0.0, 0.0)
 

@@ -27,7 +27,8 @@ class MimicPlan:
     choroid: float
     basal_ganglia: float
     falx: float
-    dense_sinus: float  #: venous HU if dense, 0 = normal
+    dense_sinus: float  #: venous HU if dense (65-78), 0 = normal
+    plaques: int  #: calcified dural plaques along the inner table (150-600 HU)
     streak_hu: float  #: depth of the dark band between the petrous bones
     streak_lines: int  #: radial streaks per skull-base slice
 
@@ -44,8 +45,9 @@ def plan_mimics(rng: np.random.Generator, *, strong: bool) -> MimicPlan:
         choroid=calc(0.4, 100, 400),
         basal_ganglia=calc(0.12, 100, 260),
         falx=calc(0.12, 150, 700),
-        dense_sinus=float(rng.uniform(60, 76)) if rng.random() < 0.2 * k else 0.0,
-        streak_hu=float(rng.uniform(12, 38) if strong or rng.random() < 0.5 else rng.uniform(3, 12)),
+        dense_sinus=float(rng.uniform(65, 78)) if rng.random() < 0.2 * k else 0.0,
+        plaques=int(rng.integers(1, 5)) if rng.random() < 0.15 * k else 0,
+        streak_hu=float(rng.uniform(12, 45) if strong or rng.random() < 0.5 else rng.uniform(3, 12)),
         streak_lines=int(rng.integers(1, 5)),
     )
 
@@ -56,7 +58,8 @@ def with_dense_sinus(p: AnatomyParams, m: MimicPlan) -> AnatomyParams:
 
 def paint_calcifications(an: Anatomy, hc: HeadCoords, m: MimicPlan,
                          rng: np.random.Generator) -> None:
-    """Small dense foci at their typical places (in place)."""
+    """Small dense foci at their typical places (in place): pineal 110-650 HU, choroid plexus in
+    the atria 100-400, globus pallidus 100-260, falx 150-700, dural plaques 150-600."""
     lm, p = an.landmarks, an.params
 
     def blob(c: tuple[float, float, float], r: float, hu: float) -> None:
@@ -83,3 +86,19 @@ def paint_calcifications(an: Anatomy, hc: HeadCoords, m: MimicPlan,
         paint_ellipsoid(hc, an.hu, an.tissue, (0.0, v0, w0),
                         (1.2, rng.uniform(4, 10), rng.uniform(2, 6)), m.falx,
                         Tissue.CALCIFICATION)
+    for _ in range(m.plaques):
+        _dural_plaque(an, hc, rng)
+
+
+def _dural_plaque(an: Anatomy, hc: HeadCoords, rng: np.random.Generator) -> None:
+    """A flat calcified plaque (150-600 HU) on the inner surface of the dura over the
+    convexity, 1-2 mm thick and 4-12 mm across."""
+    p = an.params
+    az, el = rng.uniform(-np.pi, np.pi), rng.uniform(0.1, 1.2)
+    d = np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
+    t = 1.0 / np.sqrt((d[0] / p.a) ** 2 + (d[1] / p.b) ** 2 + (d[2] / p.c) ** 2)
+    c = d * (t - 1.5)
+    r = rng.uniform(2.0, 6.0)
+    yaw = float(np.degrees(np.arctan2(d[1], d[0])))
+    paint_ellipsoid(hc, an.hu, an.tissue, tuple(c.tolist()), (rng.uniform(0.6, 1.0), r, r),
+                    float(rng.uniform(150, 600)), Tissue.CALCIFICATION, yaw=yaw)

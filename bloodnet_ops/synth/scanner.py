@@ -29,6 +29,61 @@ def correlate(white: np.ndarray, corr_px: float) -> np.ndarray:
     return n
 
 
+#: Reference acquisition of the vendor noise ranges: 250 mA at 120 kVp, 5 mm slices.
+_REF_MA, _REF_KVP, _REF_THICKNESS = 250.0, 120.0, 5.0
+
+
+def dose_noise(sigma_ref: float, kvp: float, tube_ma: float, thickness: float) -> float:
+    """Quantum noise (HU sd) of an acquisition: sd ~ 1/sqrt(mA * thickness), and about
+    (120/kVp)^1.5 with tube voltage; capped at 18 HU (a very thin, low-dose slice)."""
+    dose = (tube_ma / _REF_MA) * (thickness / _REF_THICKNESS) * (kvp / _REF_KVP) ** 3
+    return float(min(18.0, sigma_ref / np.sqrt(max(dose, 1e-3))))
+
+
+def nps_noise(white: np.ndarray, rng: np.random.Generator, pixel_mm: float) -> np.ndarray:
+    """Unit-variance noise with the band-pass power spectrum of filtered back-projection: a
+    smoothing kernel (``fine``) minus a share of a coarser one, so the grain peaks at a kernel-
+    dependent spatial frequency (soft kernels coarse and blotchy, sharper ones fine)."""
+    fine = rng.uniform(0.35, 0.9) / pixel_mm
+    coarse = fine * rng.uniform(2.0, 4.0)
+    k = np.float32(rng.uniform(0.0, 0.8))
+    n = ndimage.gaussian_filter(white, (0, fine, fine), truncate=3.0)
+    if k > 0:
+        n -= k * ndimage.gaussian_filter(n, (0, coarse, coarse), truncate=2.5)
+    n *= np.float32(1.0 / max(float(n[0].std()), 1e-6))
+    return n
+
+
+def rings(rng: np.random.Generator, shape2d: tuple[int, int], centre_px: tuple[float, float],
+          pixel_mm: float) -> np.ndarray:
+    """Ring artefacts of a miscalibrated detector channel: 1-3 concentric rings about the
+    reconstruction centre, +/-4-15 HU, 0.5-1.5 mm wide (an additive HU image)."""
+    ny, nx = shape2d
+    yy, xx = np.ogrid[0:ny, 0:nx]
+    r = np.hypot(yy - centre_px[0], xx - centre_px[1]).astype(np.float32)
+    out = np.zeros(shape2d, dtype=np.float32)
+    for _ in range(int(rng.integers(1, 4))):
+        r0 = rng.uniform(10.0, 90.0) / pixel_mm
+        width = rng.uniform(0.5, 1.5) / pixel_mm
+        amp = rng.uniform(4.0, 15.0) * (1 if rng.random() < 0.6 else -1)
+        out += np.float32(amp) * np.exp(-0.5 * ((r - r0) / width) ** 2)
+    return out
+
+
+def motion(rng: np.random.Generator, hu: np.ndarray, pixel_mm: float) -> None:
+    """Patient motion during a few consecutive slices, in place: a faint ghost of the head
+    displaced by 1-4 mm (doubled skull edges, bright lines inside the brain) and streaks."""
+    nz = hu.shape[0]
+    n = int(rng.integers(1, max(2, min(6, nz // 4))))
+    k0 = int(rng.integers(0, max(1, nz - n)))
+    for k in range(k0, min(nz, k0 + n)):
+        dy, dx = (rng.uniform(-4.0, 4.0, 2) / pixel_mm).round().astype(int)
+        alpha = np.float32(rng.uniform(0.05, 0.2))
+        ghost = np.roll(hu[k], (int(dy), int(dx)), axis=(0, 1))
+        inside = hu[k] > -300
+        hu[k] += alpha * (ghost - hu[k]) * inside
+
+
 def streaks(
     rng: np.random.Generator,
     shape2d: tuple[int, int],

@@ -59,11 +59,12 @@ def floor_depth(hc: HeadCoords, p: AnatomyParams, d_in: np.ndarray) -> np.ndarra
     out = np.full(hc.shape, 99.0, dtype=np.float32)
     b = _lower(hc, p)
     if b is not None:
-        sub = out[b]
+        # a copy: reshape(-1) of a box that is not contiguous would silently copy anyway
+        flat = out[b].reshape(-1).copy()
         idx = np.flatnonzero(d_in[b] > -1.0)
         u, v, w = (a.ravel()[idx] for a in hc.sub(b))
-        sub.reshape(-1)[idx] = w - _floor(u, v, p)
-        out[b] = sub
+        flat[idx] = w - _floor(u, v, p)
+        out[b] = flat.reshape(out[b].shape)
     return out
 
 

@@ -98,6 +98,8 @@ def choose_subtypes(rng: np.random.Generator, lead: Subtype | None) -> list[Subt
 def _geometry(rng: np.random.Generator, profile: VendorProfile, p: AnatomyParams, matrix: int,
               ) -> tuple[Geometry, np.ndarray, np.ndarray]:
     thickness = float(rng.choice(profile.thicknesses))
+    if rng.random() < 0.06:  # a thin-slice reconstruction at any site (0.625-1.25 mm)
+        thickness = float(rng.choice([0.625, 1.0, 1.25]))
     fov = float(np.round(rng.uniform(*profile.fov), 1))
     ps = fov / matrix
     recon = (float(np.round(rng.uniform(-6, 6), 1)), float(np.round(rng.uniform(-14, 4), 1)))
@@ -106,7 +108,8 @@ def _geometry(rng: np.random.Generator, profile: VendorProfile, p: AnatomyParams
     off = rng.uniform(-1, 1, 2) * min(room, 10.0)
     hz = float(np.round(rng.uniform(-260.0, 120.0), 1))
     centre = np.array([recon[0] + off[0], recon[1] + off[1] + 0.02 * p.b, hz])
-    rot = rotation(rng.uniform(-8, 8), rng.uniform(-12, 10), rng.uniform(-5, 5))
+    # The head lies rotated in the field: yaw up to 15 deg, pitch (chin up/down) and roll 10-15.
+    rot = rotation(rng.uniform(-15, 15), rng.uniform(-15, 12), rng.uniform(-10, 10))
     coverage = rng.uniform(120.0, 150.0)
     # 48 slices cap the usual 2.5-5 mm protocols; thin-slice ones (a site's new scanner) get
     # as many as it takes to cover the head.
@@ -192,20 +195,22 @@ def render_study(plan: StudyPlan, *, lesions: list[Subtype] | None = None) -> Re
     ps = geo.pixel_spacing
     _calibration(rng, soft_anat, geo)
     kvp = float(rng.choice(profile.kvps))
-    sigma = rng.uniform(*profile.noise) * (1.15 if kvp < 110 else 1.0)
+    tube_ma = float(np.round(rng.uniform(120, 400)))
+    sigma = scanner.dose_noise(rng.uniform(*profile.noise), kvp, tube_ma, geo.thickness)
     # Both kernels reconstruct the same projections, so they share one noise realisation: the
-    # soft kernel smooths it, the bone kernel keeps it sharp (and larger).
+    # soft kernel shapes it (its noise power spectrum), the bone kernel keeps it sharp.
     white = rng.standard_normal(soft_anat.shape, dtype=np.float32)
-    soft = scanner.blur(soft_anat, rng.uniform(0.35, 0.6), ps)
-    soft += sigma * scanner.correlate(white, rng.uniform(0.45, 0.75) / ps * 0.9)
+    soft = scanner.blur(soft_anat, rng.uniform(0.35, 0.8), ps)
+    soft += sigma * scanner.nps_noise(white, rng, ps)
     bone = scanner.sharpen(soft_anat, ps, rng.uniform(0.7, 1.2))
     bone += np.float32(sigma * rng.uniform(4.0, 7.0)) * white
+    centre_px = ((geo.recon_centre[1] - geo.y0) / ps, (geo.recon_centre[0] - geo.x0) / ps)
+    if rng.random() < 0.08:
+        soft += scanner.rings(rng, soft.shape[1:], centre_px, ps)[None]
+    if rng.random() < 0.07:
+        scanner.motion(rng, soft, ps)
     _beam_hardening(rng, soft, hc, an.landmarks, geo, mplan)
-    outside = scanner.recon_circle(
-        (geo.matrix, geo.matrix),
-        ((geo.recon_centre[1] - geo.y0) / ps, (geo.recon_centre[0] - geo.x0) / ps),
-        geo.fov / 2 / ps,
-    )
+    outside = scanner.recon_circle((geo.matrix, geo.matrix), centre_px, geo.fov / 2 / ps)
     loc_n = plan.matrix
     loc_sp = 300.0 / loc_n
     ly = centre[1] - 150.0 + loc_sp / 2 + np.arange(loc_n) * loc_sp
@@ -214,7 +219,7 @@ def render_study(plan: StudyPlan, *, lesions: list[Subtype] | None = None) -> Re
                     origin=(float(centre[0]), float(ly[0]), float(lz[0])), spacing=loc_sp)
     return RenderedStudy(plan=plan, profile=profile, geometry=geo, soft=soft, bone=bone,
                          labels=labels, outside=outside, localizer=loc, kvp=kvp,
-                         tube_ma=float(np.round(rng.uniform(180, 380))), lesions=planned,
+                         tube_ma=tube_ma, lesions=planned,
                          anatomy=p)
 
 
@@ -223,7 +228,7 @@ def _calibration(rng: np.random.Generator, hu: np.ndarray, geo: Geometry) -> Non
     (the centre of the head a few HU darker than its periphery), in place."""
     offset = np.float32(rng.normal(0.0, 2.0))
     gain = np.float32(rng.uniform(0.98, 1.02))
-    cup = np.float32(rng.uniform(-1.0, 5.0))
+    cup = np.float32(rng.uniform(-2.0, 12.0))  # beam-hardening cupping, up to 12 HU
     yy = (geo.y - geo.recon_centre[1])[:, None] / 80.0
     xx = (geo.x - geo.recon_centre[0])[None, :] / 80.0
     prof = (cup * (np.minimum(xx * xx + yy * yy, 1.5) - 0.5)).astype(np.float32)

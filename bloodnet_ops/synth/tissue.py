@@ -25,13 +25,14 @@ class Tissue(IntEnum):
     DEVICE = 14  #: head holder, cushion
     BLOOD = 15
     CALCIFICATION = 16
+    DURA = 17  #: falx cerebri, tentorium
 
 
 #: Brain parenchyma (where an intraparenchymal hematoma may sit).
 PARENCHYMA = (Tissue.GM, Tissue.WM, Tissue.DEEP_GM, Tissue.CEREBELLUM, Tissue.BRAINSTEM)
 
 #: Everything inside the dura.
-INTRACRANIAL = (*PARENCHYMA, Tissue.CSF, Tissue.VENTRICLE, Tissue.SINUS)
+INTRACRANIAL = (*PARENCHYMA, Tissue.CSF, Tissue.VENTRICLE, Tissue.SINUS, Tissue.DURA)
 
 
 class Subtype(IntEnum):
