@@ -60,6 +60,63 @@ def test_sampler_balances_blood_and_no_blood() -> None:
     assert has.all()
 
 
+def test_sampler_balances_by_study_and_draws_the_hard_pool() -> None:
+    studies = _phantoms(8, seed=4)
+    sampler = SliceSampler(studies, pos_frac=0.25, hard_frac=0.5)
+    rng = np.random.default_rng(0)
+    _, _, labels, _ = sampler.batch(rng, 40)
+    assert labels.sum() == 10  # negatives outnumber positives
+    # every positive study is drawn about equally often, whatever its number of blood slices
+    picks = sampler._draw_pos(rng, 4000)
+    counts = np.bincount(picks[:, 0], minlength=len(studies))[sampler._pos_studies]
+    assert counts.min() > 0.7 * counts.mean()
+    # a hard pool of two slices, one scored much higher: drawn in proportion
+    hard = sampler.neg[[0, 5]]
+    sampler.set_hard(hard, np.array([0.9, 0.1]))
+    neg = sampler._draw_neg(rng, 4000)
+    is_a = (neg == hard[0]).all(axis=1).sum()
+    is_b = (neg == hard[1]).all(axis=1).sum()
+    assert 1600 < is_a + is_b < 2400  # hard_frac of the negatives (plus chance easy draws)
+    assert is_a > 5 * is_b
+    assert all(studies[i].slice_labels[j] == 0 for i, j in neg[:200])
+
+
+def test_hard_negative_mining_returns_blood_free_slices_the_model_flags() -> None:
+    from bloodnet_ops.model.net import get_model
+    from bloodnet_ops.model.train import mine_hard_negatives
+
+    studies = _phantoms(6, seed=5)
+    sampler = SliceSampler(studies)
+    model = get_model("bloodnet", widths=TINY_WIDTHS)
+    with torch.no_grad():  # a blood channel that fires everywhere: every slice is "hard"
+        model.seg_head.bias[0] = 8.0
+    picks, score = mine_hard_negatives(model, sampler, np.random.default_rng(0),
+                                       torch.device("cpu"), pool=30, min_score=0.0)
+    assert len(picks) == 30 and score.shape == (30,)
+    assert ((score >= 0) & (score <= 1)).all()
+    assert all(studies[i].slice_labels[j] == 0 for i, j in picks)
+    strict, s2 = mine_hard_negatives(model, sampler, np.random.default_rng(0),
+                                     torch.device("cpu"), pool=30, min_score=float(score.max()))
+    assert 1 <= len(strict) <= 30 and (s2 >= score.max() - 1e-6).all()
+
+
+def test_soft_targets_at_lesion_edges_and_bone() -> None:
+    from bloodnet_ops.model.train import seg_loss, soft_target
+
+    mask = torch.zeros(1, 9, 9, dtype=torch.uint8)
+    mask[0, 2:7, 2:7] = 2
+    hu = torch.full((1, 9, 9), 35.0)
+    hu[0, :, 8] = 1500.0  # bone two pixels right of the bleed's edge
+    mask[0, 2:7, 7] = 2  # the bleed touches it
+    t = soft_target(mask, hu)[0]
+    assert t[4, 4] == 1.0  # interior
+    assert t[2, 4] == pytest.approx(0.7)  # edge
+    assert t[4, 7] == pytest.approx(0.5)  # against bone
+    assert t[0, 0] == 0.0
+    logits = torch.zeros(1, 6, 9, 9)
+    assert float(seg_loss(logits, mask, hu)) != float(seg_loss(logits, mask))
+
+
 def test_study_split_is_stratified_and_deterministic() -> None:
     studies = _phantoms(20, seed=2)
     a_train, a_val = split_studies(studies, val_frac=0.25, seed=5)
@@ -215,3 +272,87 @@ def test_cli_predict_follows_the_json_contract(cli_model: Path, synth_small: Pat
     for d in docs:
         if d["study_uid"] is None:
             assert d["key"] and d["reasons"]
+
+
+def _png_chunks(data: bytes) -> list[bytes]:
+    import struct
+
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    out, pos = [], 8
+    while pos < len(data):
+        (n,) = struct.unpack(">I", data[pos:pos + 4])
+        out.append(data[pos + 4:pos + 8])
+        pos += 12 + n
+    return out
+
+
+def test_cli_explain_writes_a_key_image_per_scored_study(cli_model: Path, synth_small: Path,
+                                                          tmp_path: Path) -> None:
+    from PIL import Image
+
+    from bloodnet_ops.cli import app
+
+    out = tmp_path / "keys"
+    res = CliRunner().invoke(app, ["explain", str(synth_small), "--out", str(out), "--model",
+                                   str(cli_model)])
+    assert res.exit_code == 0, res.output
+    index = json.loads((out / "index.json").read_text())
+    assert len(index) == 6
+    for row in index:
+        data = (out / row["file"]).read_bytes()
+        assert set(_png_chunks(data)) == {b"IHDR", b"IDAT", b"IEND"}  # no text chunks: no PHI
+        img = np.asarray(Image.open(out / row["file"]).convert("RGB"))
+        assert img.shape[1] == 512 and img.shape[0] > 256  # plain | outlined, >= 1 slice row
+        assert 0.0 <= row["probability"] <= 1.0 and row["volume_ml"] >= 0
+
+
+def test_key_image_outlines_the_blood_and_picks_its_slices() -> None:
+    import io
+
+    from PIL import Image
+
+    from bloodnet_ops import keyimage
+
+    hu = np.full((6, 64, 64), 30.0, np.float32)
+    blood = np.zeros_like(hu)
+    blood[4, 20:30, 20:30] = 0.9
+    blood[1, 10:12, 10:12] = 0.8
+    picks = keyimage.key_slices(blood, n=2)
+    assert [k.index for k in picks] == [1, 4] and picks[1].blood_voxels == 100
+    png = keyimage.render(hu, blood, probability=0.97, positive=True, volume_ml=3.2, n=1,
+                          tile=64)
+    img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    red = (img[..., 0] == 255) & (img[..., 1] == 40) & (img[..., 2] == 40)
+    cols = np.flatnonzero(red.any(axis=0))
+    assert red.sum() > 20 and cols.min() >= 64  # the outline is on the right-hand copy only
+
+
+def test_cli_calibrate_stores_the_map_and_a_threshold_for_the_target(
+        cli_model: Path, synth_small: Path, tmp_path: Path) -> None:
+    from bloodnet_ops.cli import app
+    from bloodnet_ops.model.checkpoint import load_checkpoint
+
+    out = tmp_path / "calibrated.pt"
+    res = CliRunner().invoke(app, ["calibrate", "--data", str(synth_small), "--model",
+                                   str(cli_model), "--out", str(out), "--json",
+                                   "--target-sensitivity", "1.0", "--cache", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout)
+    assert rep["sensitivity"] == 1.0 and rep["studies"] == 6
+    meta = load_checkpoint(out).meta
+    assert meta["calibration"]["method"] == "platt"
+    assert meta["threshold"] == pytest.approx(rep["threshold"])
+    assert meta["selection"]["set"] == synth_small.name
+    res = CliRunner().invoke(app, ["eval", "--data", str(synth_small), "--model", str(out),
+                                   "--json", "--boot", "50", "--cache", str(tmp_path),
+                                   "--target-sensitivity", "0.5", "--reliability",
+                                   str(tmp_path / "rel.png")])
+    assert res.exit_code == 0, res.output
+    ev = json.loads(res.stdout)
+    assert ev["operating_point"]["sensitivity"]["estimate"] == 1.0  # stored threshold
+    assert ev["at_target"]["sensitivity"]["estimate"] >= 0.5
+    assert 0.0 <= ev["calibration"]["ece"] <= 1.0 and (tmp_path / "rel.png").stat().st_size
+    res = CliRunner().invoke(app, ["predict", str(synth_small), "--model", str(out), "--json"])
+    docs = [d for d in json.loads(res.stdout) if d.get("probability") is not None]
+    assert docs and all(d["positive"] == (d["probability"] >= meta["threshold"] - 1e-6)
+                        for d in docs)

@@ -29,6 +29,8 @@ def register(app: typer.Typer) -> None:
     app.command("eval")(evaluate)
     app.command("ablation")(ablation)
     app.command("predict")(predict)
+    app.command("calibrate")(calibrate)
+    app.command("explain")(explain)
 
 
 WidthsOpt = Annotated[str, typer.Option(help="encoder widths, comma-separated")]
@@ -72,6 +74,14 @@ def train(
                                                   "studies for the study head")] = 1,
     init: Annotated[Path | None, typer.Option(help="checkpoint to fine-tune from")] = None,
     lr: Annotated[float, typer.Option(help="peak learning rate (AdamW)")] = 2e-3,
+    pos_frac: Annotated[float, typer.Option(help="share of each batch with blood")] = 0.4,
+    hard_frac: Annotated[float, typer.Option(help="share of blood-free samples drawn from the "
+                                             "hard-negative pool")] = 0.5,
+    mine_every: Annotated[int, typer.Option(help="steps between hard-negative mining rounds "
+                                            "(0: no mining)")] = 300,
+    extra_data: Annotated[list[Path] | None, typer.Option(
+        "--extra-data", help="more training folders (repeatable), e.g. another matrix size")
+                          ] = None,
     cache: CacheOpt = None,
 ) -> None:
     """Train a variant on a synthetic (or converted real) data set and write a checkpoint."""
@@ -86,11 +96,14 @@ def train(
     cfg.augmented_passes = augmented_passes
     cfg.init = str(init) if init else None
     cfg.lr = lr
+    cfg.pos_frac, cfg.hard_frac, cfg.mine_every = pos_frac, hard_frac, mine_every
     studies = build_cache(data, cache, size=size)
     if val_data is not None:
         train_set, val_set = studies, build_cache(val_data, cache, size=size)
     else:
         train_set, val_set = split_studies(studies, val_frac=val_frac, seed=seed)
+    for extra in extra_data or []:
+        train_set += build_cache(extra, cache, size=size)
     stack = build_cache(stack_data, cache, size=size) if stack_data else None
     res, sha = train_to_file(train_set, val_set, cfg, out, stack=stack)
     auc = "n/a" if res.val_auc is None else f"{res.val_auc:.4f}"
@@ -104,15 +117,21 @@ def evaluate(
                      ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON document on stdout")] = False,
     boot: Annotated[int, typer.Option(help="bootstrap replicates")] = 2000,
+    target_sensitivity: Annotated[float | None, typer.Option(
+        "--target-sensitivity", min=0.01, max=1.0,
+        help="also report the threshold reaching this sensitivity here")] = None,
+    reliability: Annotated[Path | None, typer.Option(
+        "--reliability", help="write the reliability diagram (PNG) here")] = None,
     device: DeviceOpt = None,
     cache: CacheOpt = None,
 ) -> None:
-    """Study AUC with a 95% bootstrap CI, the operating point, per-site AUC, Dice, volume error."""
+    """Study AUC with a 95% bootstrap CI, the operating point, calibration (ECE, reliability
+    diagram), per-site AUC, Dice, volume error."""
     from bloodnet_ops.model.evaluate import evaluate as run_eval
     from bloodnet_ops.model.predictor import default_model_path
 
     rep = run_eval(data, model or default_model_path(), device=device, cache_root=cache,
-                   n_boot=boot)
+                   n_boot=boot, target_sensitivity=target_sensitivity, reliability=reliability)
     if as_json:
         emit_json(rep)
         return
@@ -125,6 +144,13 @@ def evaluate(
     typer.echo(f"at threshold {op['threshold']:.4f}: sensitivity "
                f"{op['sensitivity']['estimate']:.3f}, specificity "
                f"{op['specificity']['estimate']:.3f}")
+    typer.echo(f"ECE {rep['calibration']['ece']:.4f}"
+               + (f" (reliability diagram {reliability})" if reliability else ""))
+    if "at_target" in rep:
+        t = rep["at_target"]
+        typer.echo(f"sensitivity >= {target_sensitivity}: threshold {t['threshold']:.4f}, "
+                   f"sensitivity {t['sensitivity']['estimate']:.3f}, specificity "
+                   f"{t['specificity']['estimate']:.3f}")
     for site, blk in rep["per_site"].items():
         typer.echo(f"  {site}: AUC {blk['auc'] if blk['auc'] is None else round(blk['auc'], 4)}"
                    f" (n={blk['n']})")
@@ -237,3 +263,80 @@ def predict(
         vol = "" if d["volume_ml"] is None else f"{d['volume_ml']:.1f} mL"
         typer.echo(f"{d['study_uid']}  {d['site']}  {d['verdict']}  p={p}  {flag}  {vol}  "
                    f"{','.join(d['reasons'])}")
+
+
+def calibrate(
+    data: Annotated[Path, typer.Option("--data", help="selection set (labels.csv layout): "
+                                       "another generator than training, never reported on",
+                                       exists=True, file_okay=False)],
+    out: Annotated[Path, typer.Option("--out", help="calibrated checkpoint to write")],
+    model: Annotated[Path | None, typer.Option("--model", help="checkpoint (default: shipped)")
+                     ] = None,
+    method: Annotated[str, typer.Option(help="platt | temperature | isotonic")] = "platt",
+    target_sensitivity: Annotated[float, typer.Option(
+        "--target-sensitivity", min=0.01, max=1.0,
+        help="the stored threshold reaches this sensitivity on the selection set")] = 0.95,
+    name: Annotated[str | None, typer.Option(help="the selection set's name in the checkpoint")
+                    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON document on stdout")] = False,
+    device: DeviceOpt = None,
+    cache: CacheOpt = None,
+) -> None:
+    """Fit the probability calibration and the stored threshold on a selection set."""
+    from bloodnet_ops.model.predictor import default_model_path
+    from bloodnet_ops.model.selection import calibrate_checkpoint
+
+    rep = calibrate_checkpoint(model or default_model_path(), data, out, method=method,
+                               target_sensitivity=target_sensitivity, device=device,
+                               cache_root=cache, name=name or data.name)
+    if as_json:
+        emit_json(rep)
+        return
+    typer.echo(f"wrote {out}: {method} calibration on {rep['studies']} studies, ECE "
+               f"{rep['ece_before']:.4f} -> {rep['ece_after']:.4f}; threshold "
+               f"{rep['threshold']:.4f} (sensitivity {rep['sensitivity']:.3f}, specificity "
+               f"{rep['specificity']:.3f} on the selection set)")
+
+
+def explain(
+    source: Annotated[str, typer.Argument(help="local folder or s3://bucket/prefix")],
+    out: Annotated[Path, typer.Option("--out", help="folder for the key images",
+                                      file_okay=False)],
+    model: Annotated[Path | None, typer.Option("--model", help="checkpoint (default: shipped)")
+                     ] = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Write one key image per scored study (slices with the most blood, brain window, mask
+    outlined, probability and volume; no PHI) and an index.json."""
+    import json
+
+    import numpy as np
+
+    from bloodnet_ops import keyimage
+    from bloodnet_ops.model.predictor import Predictor
+    from bloodnet_ops.pipeline import validate_source
+    from bloodnet_ops.reasons import Verdict
+    from bloodnet_ops.storage import open_source
+
+    src = open_source(source)
+    report = validate_source(src)
+    accepted = [s for s in report.studies if s.verdict != Verdict.REJECT and s.series_uid]
+    out.mkdir(parents=True, exist_ok=True)
+    index = []
+    failed: dict[str, str] = {}
+    predictor = Predictor(model, device) if accepted else None
+    for uid, series_uid, vol in _volumes(src, accepted, failed):
+        assert predictor is not None
+        findings, masks = predictor.predict_masks([(uid, series_uid, vol)])
+        f, blood = findings[0], masks[0]
+        png = keyimage.render(np.asarray(vol.hu, dtype=np.float32), blood,
+                              probability=f.probability, positive=f.positive,
+                              volume_ml=f.volume_ml)
+        name = f"{uid}.png"
+        (out / name).write_bytes(png)
+        index.append({"study_uid": uid, "series_uid": series_uid, "file": name,
+                      "probability": round(f.probability, 6), "positive": bool(f.positive),
+                      "volume_ml": round(f.volume_ml, 2)})
+    (out / "index.json").write_text(json.dumps(index, indent=1))
+    typer.echo(f"wrote {len(index)} key images to {out} ({len(report.studies) - len(index)} "
+               f"studies not scored)", err=True)

@@ -6,7 +6,9 @@ A checkpoint is ``torch.save`` of a plain dict (loaded with ``weights_only=True`
 probability, chosen on validation data), ``size`` (input matrix), ``preprocessing_version``,
 ``windows``, ``in_channels``, ``dataset`` (summary of the training data), ``train_config``,
 ``metrics`` (validation), ``code_version`` (``git describe`` when available), ``content_sha256``
-(hash of the tensors), ``trained_on`` and ``intended_use``.
+(hash of the tensors), ``trained_on`` and ``intended_use``; after ``bloodnet calibrate`` also
+``calibration`` (:mod:`bloodnet_ops.model.calibration`) and ``selection`` (the set the
+calibration and the threshold were chosen on, and the figures there).
 """
 
 from __future__ import annotations
@@ -84,6 +86,20 @@ def save_checkpoint(path: Path, model: SliceModel, *, threshold: float, size: in
     torch.save(doc, tmp)
     tmp.replace(path)
     return file_sha256(path)
+
+
+def update_checkpoint(src: Path, dst: Path, **fields: Any) -> str:
+    """Copy a checkpoint with some metadata replaced (the weights and their hash unchanged);
+    returns the new file's sha256."""
+    doc = torch.load(Path(src), map_location="cpu", weights_only=True)
+    _expect("content_sha256", doc.get("content_sha256"), content_hash(doc["state_dict"]))
+    doc.update(fields)
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_suffix(dst.suffix + ".part")
+    torch.save(doc, tmp)
+    tmp.replace(dst)
+    return file_sha256(dst)
 
 
 @dataclass(slots=True)

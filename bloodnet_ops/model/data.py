@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from bloodnet_ops import PREPROCESSING_VERSION
 from bloodnet_ops.model.net import SUBTYPES
@@ -137,7 +136,9 @@ def _align_mask(mask_path: Path, positions: np.ndarray) -> np.ndarray | None:
     if not mask_path.exists():
         return None
     with np.load(mask_path) as z:
-        mask, mpos = z["mask"], np.asarray(z["positions"], dtype=np.float64)
+        # this project's synth writes mask/positions; other generators label/z
+        mask = z["mask"] if "mask" in z.files else z["label"]
+        mpos = np.asarray(z["positions"] if "positions" in z.files else z["z"], dtype=np.float64)
     if mask.shape[0] != positions.size or not np.allclose(np.sort(mpos), positions, atol=0.05):
         raise ValueError(f"{mask_path.name}: mask positions do not match the series "
                          f"({mask.shape[0]} vs {positions.size} slices)")
@@ -240,58 +241,99 @@ def summarise(studies: Sequence[CachedStudy]) -> dict:
 BLOOD_MAX_HU = 130.0
 
 
-#: HU of cortical bone; blood labels within one pixel of it are not trained as blood (below).
+#: HU of cortical bone; blood labels touching it get a soft target (see ``train.soft_target``).
 BONE_HU = 500.0
 
 
 def trainable_blood(hu: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The label map (S, S) used as the training target of a prepared slice.
+    """The label map (S, S) used as the training target of a prepared slice: voxels denser than
+    :data:`BLOOD_MAX_HU` become background (they are bone or calcification in the slab).
 
-    Voxels denser than :data:`BLOOD_MAX_HU`, or touching bone, become background: at 1.5 mm
-    pixels the inner table's partial volume looks exactly like a thin extra-axial rim in *every*
-    head, so learning the rim as blood turns every skull edge into a false positive. Collections
-    thicker than a couple of pixels keep their interior and are still learned.
-    """
-    near_bone = ndimage.binary_dilation(hu > BONE_HU, iterations=1)
-    return np.where((hu > BLOOD_MAX_HU) | near_bone, 0, mask).astype(np.uint8)
+    Labels next to bone are kept; the loss gives them a soft target instead of cutting them,
+    so a 1-2 px subdural rim is still learned as blood (``train.soft_target``)."""
+    return np.where(hu > BLOOD_MAX_HU, 0, mask).astype(np.uint8)
 
 
 class SliceSampler:
-    """Class-balanced batches of slices (with their neighbours) from cached studies.
+    """Batches of slices (with their neighbours) from cached studies, class-balanced by study.
 
-    Half of each batch (``pos_frac``) are slices with blood; the rest are slices without, drawn
-    from negative studies and from blood-free slices of positive ones alike.
+    - ``pos_frac`` of a batch are slices with blood: a positive study is drawn uniformly, then
+      one of its blood slices, so a large bleed spanning 20 slices counts as much as a 1 mL one;
+    - the rest are blood-free slices. ``hard_frac`` of them come from the hard-negative pool
+      (:meth:`set_hard`: slices where the current model sees blood, drawn in proportion to how
+      much), the others from a study drawn uniformly (negative and positive studies alike),
+      then a blood-free slice of it.
+
+    Negatives therefore outnumber positives, and most carry a mimic the model currently gets
+    wrong (falx, sinus, skull base, streaks) once mining has run.
     """
 
-    def __init__(self, studies: Sequence[CachedStudy]) -> None:
+    def __init__(self, studies: Sequence[CachedStudy], *, pos_frac: float = 0.5,
+                 hard_frac: float = 0.0) -> None:
         self.studies = list(studies)
+        self.pos_frac, self.hard_frac = pos_frac, hard_frac
         pos, neg = [], []
+        self.pos_by_study: list[np.ndarray] = []
+        self.neg_by_study: list[np.ndarray] = []
         for i, s in enumerate(self.studies):
             lab = s.slice_labels
-            for j in range(lab.size):
-                (pos if lab[j] > 0 else neg).append((i, j))
+            p_idx, n_idx = np.flatnonzero(lab > 0), np.flatnonzero(lab == 0)
+            pos += [(i, int(j)) for j in p_idx]
+            neg += [(i, int(j)) for j in n_idx]
+            self.pos_by_study.append(p_idx)
+            self.neg_by_study.append(n_idx)
         if not neg:
             raise ValueError("no blood-free slices to sample")
         self.pos = np.asarray(pos, dtype=np.int64).reshape(-1, 2)
         self.neg = np.asarray(neg, dtype=np.int64).reshape(-1, 2)
+        self._pos_studies = np.array([i for i, p in enumerate(self.pos_by_study) if p.size])
+        self._neg_studies = np.array([i for i, n in enumerate(self.neg_by_study) if n.size])
+        self.hard = self.neg[:0]
+        self.hard_w = np.zeros(0)
 
     def __len__(self) -> int:
         return len(self.pos) + len(self.neg)
 
-    def batch(self, rng: np.random.Generator, size: int, *, pos_frac: float = 0.5
+    def set_hard(self, slices: np.ndarray, scores: np.ndarray) -> None:
+        """The hard-negative pool: (n, 2) (study, slice) blood-free slices and how strongly the
+        model saw blood in each (sampling weights)."""
+        self.hard = np.asarray(slices, dtype=np.int64).reshape(-1, 2)
+        w = np.clip(np.asarray(scores, dtype=np.float64), 1e-6, None)
+        self.hard_w = w / w.sum() if w.size else w
+
+    def _draw_pos(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        studies = self._pos_studies[rng.integers(0, self._pos_studies.size, n)]
+        return np.array([(i, self.pos_by_study[i][rng.integers(0, self.pos_by_study[i].size)])
+                         for i in studies], dtype=np.int64).reshape(-1, 2)
+
+    def _draw_neg(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        n_hard = round(n * self.hard_frac) if len(self.hard) else 0
+        hard = self.hard[rng.choice(len(self.hard), n_hard, p=self.hard_w)] if n_hard else \
+            self.neg[:0]
+        studies = self._neg_studies[rng.integers(0, self._neg_studies.size, n - n_hard)]
+        easy = np.array([(i, self.neg_by_study[i][rng.integers(0, self.neg_by_study[i].size)])
+                         for i in studies], dtype=np.int64).reshape(-1, 2)
+        return np.concatenate([hard, easy])
+
+    def batch(self, rng: np.random.Generator, size: int, *, pos_frac: float | None = None
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """HU triplets (B, 3, S, S) float32, label maps (B, S, S) uint8, slice labels (B,) and
         whether each sample has a label map (B,) bool."""
-        n_pos = round(size * pos_frac) if len(self.pos) else 0
-        picks = np.concatenate([
-            self.pos[rng.integers(0, len(self.pos), n_pos)] if n_pos else self.pos[:0],
-            self.neg[rng.integers(0, len(self.neg), size - n_pos)],
-        ])
+        frac = self.pos_frac if pos_frac is None else pos_frac
+        n_pos = round(size * frac) if len(self.pos) else 0
+        picks = np.concatenate([self._draw_pos(rng, n_pos) if n_pos else self.pos[:0],
+                                self._draw_neg(rng, size - n_pos)])
+        return self.slices(picks, rng)
+
+    def slices(self, picks: np.ndarray, rng: np.random.Generator | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The samples of ``batch`` for given (study, slice) pairs (``rng``: sometimes a wider
+        neighbour spacing; None: always the adjacent slices)."""
         hus, masks, labels, has = [], [], [], []
         for i, j in picks:
             s = self.studies[i]
             z = s.hu.shape[0]
-            step = 1 if rng.random() < 0.8 else 2  # thicker effective spacing now and then
+            step = 1 if rng is None or rng.random() < 0.8 else 2  # thicker effective spacing
             trip = np.clip([j - step, j, j + step], 0, z - 1)
             hus.append(s.hu[trip].astype(np.float32))
             if s.mask is not None:

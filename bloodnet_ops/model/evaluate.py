@@ -21,6 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from bloodnet_ops.model.calibration import (
+    Calibration,
+    ece,
+    reliability_png,
+    reliability_table,
+    threshold_for_sensitivity,
+)
 from bloodnet_ops.model.checkpoint import load_checkpoint
 from bloodnet_ops.model.data import CachedStudy, build_cache
 from bloodnet_ops.model.infer import BLOOD_PROB, pick_device, sigmoid
@@ -44,7 +51,8 @@ class StudyScores:
     study_uids: list[str]
     sites: list[str]
     y: np.ndarray  #: (n,) 0/1
-    prob: np.ndarray  #: (n,) study ICH probability
+    prob: np.ndarray  #: (n,) study ICH probability (calibrated when the model is)
+    logit: np.ndarray  #: (n,) raw study logit (what a calibration is fitted on)
     subtype_prob: np.ndarray  #: (n, 5)
     subtype_y: np.ndarray  #: (n, 5)
     volume_pred: np.ndarray  #: (n,) mL
@@ -54,7 +62,8 @@ class StudyScores:
 
 
 def score_studies(model: SliceModel, studies: list[CachedStudy], device: torch.device, *,
-                  progress: bool = False) -> StudyScores:
+                  progress: bool = False, calibration: Calibration | None = None
+                  ) -> StudyScores:
     logits, bloods = study_scores(model, studies, device, progress=progress)
     vol_pred, dices, inter, denom = [], [], 0, 0
     for s, b in zip(studies, bloods):
@@ -73,7 +82,8 @@ def score_studies(model: SliceModel, studies: list[CachedStudy], device: torch.d
         study_uids=[s.label.study_uid for s in studies],
         sites=[s.label.site for s in studies],
         y=np.array([int(s.label.ich) for s in studies]),
-        prob=sigmoid(logits[:, 0]),
+        prob=(calibration or Calibration())(logits[:, 0]),
+        logit=logits[:, 0].astype(np.float64),
         subtype_prob=sigmoid(logits[:, 1:]),
         subtype_y=np.stack([s.label.subtype_vector() for s in studies]),
         volume_pred=np.array(vol_pred),
@@ -113,6 +123,7 @@ def report_dict(sc: StudyScores, threshold: float, *, n_boot: int = 2000, seed: 
         per_site[site] = blk or {"auc": None, "n": int(idx.sum()),
                                  "n_positive": int(sc.y[idx].sum())}
     out["per_site"] = per_site
+    out["calibration"] = {"ece": ece(sc.y, sc.prob), "bins": reliability_table(sc.y, sc.prob)}
     out["subtype_auc"] = {
         name: (roc_auc(sc.subtype_y[:, k], sc.subtype_prob[:, k])
                if 0 < sc.subtype_y[:, k].sum() < sc.y.size else None)
@@ -138,17 +149,30 @@ def report_dict(sc: StudyScores, threshold: float, *, n_boot: int = 2000, seed: 
 
 
 def evaluate(data_dir: Path, model_path: Path, *, device: str | None = None,
-             cache_root: Path | None = None, n_boot: int = 2000, progress: bool = True
+             cache_root: Path | None = None, n_boot: int = 2000, progress: bool = True,
+             target_sensitivity: float | None = None, reliability: Path | None = None
              ) -> dict[str, Any]:
-    """Load a checkpoint, score every labelled study of ``data_dir`` and build the report."""
+    """Load a checkpoint, score every labelled study of ``data_dir`` and build the report.
+
+    ``target_sensitivity``: also the threshold that reaches it on these studies, and the
+    specificity that comes with it (``at_target``). ``reliability``: write the reliability
+    diagram there (PNG)."""
     loaded = load_checkpoint(model_path)
     size = int(loaded.meta["size"])
     studies = build_cache(Path(data_dir), cache_root, size=size, progress=progress)
     if not studies:
         raise ValueError(f"no labelled studies could be loaded from {data_dir}")
     dev = pick_device(device)
-    sc = score_studies(loaded.model, studies, dev, progress=progress)
+    sc = score_studies(loaded.model, studies, dev, progress=progress,
+                       calibration=Calibration.from_dict(loaded.meta.get("calibration")))
     rep = report_dict(sc, float(loaded.meta["threshold"]), n_boot=n_boot)
+    if target_sensitivity is not None:
+        t = threshold_for_sensitivity(sc.y, sc.prob, target_sensitivity)
+        rep["at_target"] = {"target_sensitivity": target_sensitivity, "threshold": t,
+                            **binary_metrics(sc.y, sc.prob, t).as_dict()}
+    if reliability is not None:
+        reliability_png(sc.y, sc.prob, reliability, title=loaded.model_version)
+        rep["calibration"]["reliability_png"] = str(reliability)
     rep["model_version"] = loaded.model_version
     rep["weights_sha256"] = loaded.weights_sha256
     rep["data"] = str(Path(data_dir).resolve())

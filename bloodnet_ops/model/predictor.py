@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bloodnet_ops.model.calibration import Calibration
 from bloodnet_ops.model.checkpoint import load_checkpoint
 from bloodnet_ops.model.infer import (
     blood_volume_ml,
@@ -100,6 +101,8 @@ class Predictor:
         self.model_version: str = loaded.model_version
         self.variant: str = loaded.model.variant
         self.threshold: float = float(loaded.meta["threshold"])
+        #: logit -> probability map fitted on the selection set (identity for old checkpoints)
+        self.calibration = Calibration.from_dict(loaded.meta.get("calibration"))
         self.size: int = int(loaded.meta["size"])
         self.batch_size = batch_size or (256 if self.device.type == "cuda" else 32)
         self.prefetch = max(0, prefetch)
@@ -243,7 +246,7 @@ class Predictor:
         logits = np.concatenate(s.logits)
         emb = np.concatenate(s.emb)
         out = study_logits(self.model, [emb], [logits], self.device)[0]
-        prob = float(sigmoid(out[0]))
+        prob = float(self.calibration(out[0]))
         blood = np.concatenate(s.blood) if s.blood else None
         finding = StudyFinding(
             study_uid=s.study_uid,

@@ -1,11 +1,21 @@
 """Training: stage 1 learns the slice model, stage 2 the study aggregator on frozen slices.
 
-Stage 1 draws class-balanced batches of slices (half with blood), augments them in HU
+Stage 1 draws batches of slices balanced by study (``pos_frac`` with blood, the rest without,
+half of those hard negatives once mining has run), augments them in HU
 (:mod:`bloodnet_ops.model.augment`), windows them and minimises
 
 - segmentation (variants that segment): BCE + soft Dice on the blood channel over the batch
-  (positives and negatives), plus BCE on the subtype channels inside blood;
+  (positives and negatives) against *soft* targets (1 inside a bleed, 0.7 on its edge and 0.5
+  where it touches bone: partial volume makes those voxels uncertain, and a hard 0 there taught
+  earlier models to miss thin subdural rims), plus BCE on the subtype channels inside blood;
 - classification (variants with a learned slice classifier): BCE on the slice label.
+
+Hard-negative mining (PatchFCN, DeepBleed and the RSNA-2019 winners all mine or re-weight
+their false positives): every ``mine_every`` steps the current model scores a random pool of
+blood-free slices, and those where it sees blood (the mean of its top-k blood probabilities
+above ``mine_min``) become the hard pool, sampled in proportion to that score. Normal anatomy
+that the model reads as blood (falx, sinuses, tentorium, skull base, streaks) is then what the
+negatives of the next steps show.
 
 Stage 2 runs the frozen slice model over every training study (one clean and one augmented pass)
 and fits the bidirectional-GRU study head on the sequences (BCE on ICH, class-weighted, and on the
@@ -30,7 +40,7 @@ from tqdm import tqdm
 
 from bloodnet_ops.model.augment import AugmentConfig, augment
 from bloodnet_ops.model.checkpoint import save_checkpoint
-from bloodnet_ops.model.data import CachedStudy, SliceSampler, summarise
+from bloodnet_ops.model.data import BONE_HU, CachedStudy, SliceSampler, summarise
 from bloodnet_ops.model.infer import (
     forward_slices,
     pad_sequences,
@@ -65,6 +75,11 @@ class TrainConfig:
     augment: bool = True
     progress: bool = True
     init: str | None = None  #: checkpoint to start from (fine-tuning); must match variant/widths
+    pos_frac: float = 0.4  #: share of each batch with blood
+    hard_frac: float = 0.5  #: share of the blood-free samples drawn from the hard pool
+    mine_every: int = 300  #: steps between hard-negative mining rounds (0: never)
+    mine_pool: int = 1200  #: blood-free slices scored per round
+    mine_min: float = 0.15  #: top-k blood probability above which a slice is hard
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -86,9 +101,22 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % (2**32))
 
 
-def seg_loss(seg_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """BCE + batch soft Dice on blood, BCE on subtype channels inside blood."""
-    target = (mask > 0).float()
+def soft_target(mask: torch.Tensor, hu_centre: torch.Tensor) -> torch.Tensor:
+    """(B, S, S) float targets: 1 inside blood, 0.7 on its one-pixel edge, 0.5 where it touches
+    bone (> ``BONE_HU``), 0 elsewhere."""
+    blood = (mask > 0).float()[:, None]
+    interior = -F.max_pool2d(-blood, 3, stride=1, padding=1)  # erosion
+    near_bone = F.max_pool2d((hu_centre > BONE_HU).float()[:, None], 3, stride=1, padding=1)
+    t = torch.where(interior > 0, 1.0, 0.7 * blood)
+    t = torch.where((near_bone > 0) & (blood > 0), torch.full_like(t, 0.5), t)
+    return t[:, 0]
+
+
+def seg_loss(seg_logits: torch.Tensor, mask: torch.Tensor,
+             hu_centre: torch.Tensor | None = None) -> torch.Tensor:
+    """BCE + batch soft Dice on blood (soft targets when ``hu_centre`` is given), BCE on the
+    subtype channels inside blood."""
+    target = (mask > 0).float() if hu_centre is None else soft_target(mask, hu_centre)
     blood = seg_logits[:, 0].float()
     bce = F.binary_cross_entropy_with_logits(blood, target)
     p = torch.sigmoid(blood)
@@ -100,6 +128,31 @@ def seg_loss(seg_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         sub = seg_logits[:, 1:].float().permute(0, 2, 3, 1)[inside]
         loss = loss + 0.5 * F.binary_cross_entropy_with_logits(sub, onehot[inside].float())
     return loss
+
+
+@torch.no_grad()
+def mine_hard_negatives(model: SliceModel, sampler: SliceSampler, rng: np.random.Generator,
+                        device: torch.device, *, pool: int, min_score: float, k: int = 20,
+                        batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Score ``pool`` random blood-free slices; return those whose mean top-``k`` blood
+    probability reaches ``min_score``, with that score. The pool is drawn half from negative
+    studies (where the mimics live) and half from every study."""
+    if not model.has_seg:
+        return sampler.neg[:0], np.zeros(0)
+    picks = sampler.neg[rng.choice(len(sampler.neg), min(pool, len(sampler.neg)),
+                                   replace=False)]
+    was_training = model.training
+    model.eval()
+    scores = []
+    for start in range(0, len(picks), batch):
+        hu, _, _, _ = sampler.slices(picks[start:start + batch])
+        out = model(window_stack(torch.from_numpy(hu).to(device)))
+        prob = torch.sigmoid(out.seg_logits[:, 0].float()).flatten(1)
+        scores.append(prob.topk(min(k, prob.shape[1]), dim=1).values.mean(dim=1).cpu().numpy())
+    model.train(was_training)
+    score = np.concatenate(scores) if scores else np.zeros(0)
+    keep = score >= min_score
+    return picks[keep], score[keep]
 
 
 def _batch_tensors(sampler: SliceSampler, rng: np.random.Generator, gen: torch.Generator,
@@ -119,8 +172,9 @@ def _batch_tensors(sampler: SliceSampler, rng: np.random.Generator, gen: torch.G
 def train_slices(model: SliceModel, train: list[CachedStudy], cfg: TrainConfig,
                  device: torch.device) -> list[dict]:
     """Stage 1. Returns per-epoch mean losses."""
-    sampler = SliceSampler(train)
+    sampler = SliceSampler(train, pos_frac=cfg.pos_frac, hard_frac=cfg.hard_frac)
     rng = np.random.default_rng(cfg.seed)
+    mine_rng = np.random.default_rng(cfg.seed + 1)
     gen = torch.Generator().manual_seed(cfg.seed)
     aug_cfg = AugmentConfig()
     model.to(device).train()
@@ -135,17 +189,28 @@ def train_slices(model: SliceModel, train: list[CachedStudy], cfg: TrainConfig,
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     history = []
+    n_hard = 0
     bar = tqdm(total=total, desc=f"train {model.variant}", disable=not cfg.progress)
     for epoch in range(cfg.epochs):
         sums = {"loss": 0.0, "seg": 0.0, "cls": 0.0}
-        for _ in range(cfg.steps_per_epoch):
+        for i in range(cfg.steps_per_epoch):
+            step = epoch * cfg.steps_per_epoch + i
+            if cfg.mine_every and cfg.hard_frac > 0 and step % cfg.mine_every == 0 and (
+                    step > 0 or cfg.init):
+                hard, score = mine_hard_negatives(model, sampler, mine_rng, device,
+                                                  pool=cfg.mine_pool, min_score=cfg.mine_min)
+                sampler.set_hard(hard, score)
+                log.info("step %d: %d hard negatives of %d scored (mean score %.3f)", step,
+                         len(hard), cfg.mine_pool, float(score.mean()) if score.size else 0.0)
+                n_hard = len(hard)
             hu, mask, labels, has_mask = _batch_tensors(sampler, rng, gen, cfg, aug_cfg)
             x = window_stack(hu.to(device))
             out = model(x)
             loss = torch.zeros((), device=device)
             if model.has_seg and out.seg_logits is not None and bool(has_mask.any()):
                 keep = has_mask.to(device)
-                ls = seg_loss(out.seg_logits[keep], mask.to(device)[keep])
+                ls = seg_loss(out.seg_logits[keep], mask.to(device)[keep],
+                              hu[:, 1].to(device)[keep])
                 loss = loss + ls
                 sums["seg"] += ls.item()
             if model.learns_cls:
@@ -161,6 +226,7 @@ def train_slices(model: SliceModel, train: list[CachedStudy], cfg: TrainConfig,
             bar.update(1)
         rec = {k: v / cfg.steps_per_epoch for k, v in sums.items()}
         rec["epoch"] = epoch + 1
+        rec["hard_negatives"] = n_hard
         history.append(rec)
         bar.set_postfix(loss=f"{rec['loss']:.3f}")
         log.info("epoch %d: loss %.4f seg %.4f cls %.4f", epoch + 1, rec["loss"], rec["seg"],
