@@ -197,6 +197,18 @@ def evaluate(labels: list[dict[str, str]], extras: dict[str, dict[str, str]], do
                          "median_abs_error_ml": round(float(np.median(np.abs(p - t))), 2),
                          "median_ratio_pred_true": round(float(np.median(p / t)), 3)}
     order = np.argsort(s)
+    allpos = [(r["volume_ml"], r["pred_volume_ml"]) for r in rows
+              if r["y"] == 1 and r["pred_volume_ml"] is not None]
+    if len(allpos) >= 3:
+        t, p = np.array(allpos, float).T
+        res["volume_all_positives"] = {"n": len(allpos),
+                                       "median_abs_error_ml": round(float(np.median(
+                                           np.abs(p - t))), 2)}
+    negvol = [r["pred_volume_ml"] for r in rows if r["y"] == 0 and r["pred_volume_ml"] is not None]
+    if negvol:
+        res["volume_negatives"] = {"n": len(negvol),
+                                   "median_ml": round(float(np.median(negvol)), 2),
+                                   "p90_ml": round(float(np.quantile(negvol, 0.9)), 2)}
     res["worst_misses"] = [_brief(rows[i]) for i in order if rows[i]["y"] == 1][:6]
     res["worst_false_alarms"] = [_brief(rows[i]) for i in order[::-1] if rows[i]["y"] == 0][:6]
     return res
@@ -274,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="run predict with the bloodnet_ops of this checkout (PYTHONPATH)")
     ap.add_argument("--keep", action="store_true", help="keep the generated temp folder")
     ap.add_argument("--n-boot", type=int, default=2000)
+    ap.add_argument("--generator", default=None,
+                    help="name of the generator that wrote --data (for the report)")
     a = ap.parse_args(argv)
 
     tmp = None
@@ -309,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
                       "model": str(a.model) if a.model else "(predict default)",
                       "code": str(a.code) if a.code else "(installed bloodnet_ops)",
                       "data": str(a.data) if a.data else "(temporary)",
-                      "generator": "bench/holdout_phantom.py"},
+                      "generator": a.generator or ("bench/holdout_phantom.py" if not a.data
+                                                   else "(see --data)")},
            "timing": timing, **res}
     print_report(res)
     print(f"\npredict {timing['predict_s']} s for {len(labels)} studies"

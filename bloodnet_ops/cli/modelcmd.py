@@ -175,16 +175,32 @@ def ablation(
     threads: int = 2,
     widths: WidthsOpt = DEFAULT_WIDTHS,
     augmented_passes: int = 0,
+    seeds: Annotated[str | None, typer.Option(help="comma-separated seeds: one ablation each, "
+                                              "summarised as mean ± sd")] = None,
     cache: CacheOpt = None,
 ) -> None:
     """Train the four variants on the same data and budget; compare them on the same studies."""
-    from bloodnet_ops.model.ablation import run_ablation
+    from bloodnet_ops.model.ablation import run_ablation, run_ablation_seeds
 
     cfg = _train_config("bloodnet", size, epochs, steps, batch, seed, device, threads, widths)
     cfg.augmented_passes = augmented_passes
+    cfg.mine_every = max(25, epochs * steps // 4)  # the recipe's mining, scaled to the budget
     names = [v.strip() for v in variants.split(",")] if variants else None
-    doc = run_ablation(data, out, base=cfg, variants=names, n_boot=boot, cache_root=cache,
-                       test_dir=test_data, stack_dir=stack_data)
+    kwargs = {"variants": names, "n_boot": boot, "cache_root": cache, "test_dir": test_data,
+              "stack_dir": stack_data}
+    if seeds:
+        try:
+            seed_list = [int(v) for v in seeds.split(",")]
+        except ValueError:
+            raise typer.BadParameter(f"--seeds must be integers like 0,1,2; got {seeds!r}"
+                                     ) from None
+        sdoc = run_ablation_seeds(data, out, base=cfg, seeds=seed_list, **kwargs)
+        for r in sdoc["summary"]:
+            typer.echo(f"{r['variant']:12s} AUC {r['auc_mean']:.4f} ± {r['auc_sd']:.4f}",
+                       err=True)
+        typer.echo(f"report: {out / 'ablation.md'}", err=True)
+        return
+    doc = run_ablation(data, out, base=cfg, **kwargs)
     for r in doc["results"]:
         typer.echo(f"{r['variant']:12s} AUC {r['auc']:.4f} "
                    f"[{r['auc_ci'][0]:.4f}, {r['auc_ci'][1]:.4f}]", err=True)
@@ -266,9 +282,10 @@ def predict(
 
 
 def calibrate(
-    data: Annotated[Path, typer.Option("--data", help="selection set (labels.csv layout): "
-                                       "another generator than training, never reported on",
-                                       exists=True, file_okay=False)],
+    data: Annotated[list[Path], typer.Option("--data", help="selection set folder(s) "
+                                             "(labels.csv layout, repeatable): another "
+                                             "generator than training, never reported on",
+                                             exists=True, file_okay=False)],
     out: Annotated[Path, typer.Option("--out", help="calibrated checkpoint to write")],
     model: Annotated[Path | None, typer.Option("--model", help="checkpoint (default: shipped)")
                      ] = None,
@@ -288,7 +305,7 @@ def calibrate(
 
     rep = calibrate_checkpoint(model or default_model_path(), data, out, method=method,
                                target_sensitivity=target_sensitivity, device=device,
-                               cache_root=cache, name=name or data.name)
+                               cache_root=cache, name=name or "+".join(d.name for d in data))
     if as_json:
         emit_json(rep)
         return

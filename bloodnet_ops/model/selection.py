@@ -19,17 +19,19 @@ from bloodnet_ops.model.infer import pick_device
 from bloodnet_ops.model.metrics import binary_metrics, roc_auc
 
 
-def calibrate_checkpoint(model_path: Path, data_dir: Path, out: Path, *, method: str = "platt",
+def calibrate_checkpoint(model_path: Path, data_dirs: Path | list[Path], out: Path, *,
+                         method: str = "platt",
                          target_sensitivity: float = 0.95, device: str | None = None,
                          cache_root: Path | None = None, name: str = "",
                          progress: bool = True) -> dict[str, Any]:
-    """Score ``data_dir`` with the raw model, fit ``method``, set the threshold that reaches
-    ``target_sensitivity`` there, and write the calibrated checkpoint to ``out``."""
+    """Score the selection folders with the raw model, fit ``method``, set the threshold that
+    reaches ``target_sensitivity`` there, and write the calibrated checkpoint to ``out``."""
     loaded = load_checkpoint(model_path)
-    studies = build_cache(Path(data_dir), cache_root, size=int(loaded.meta["size"]),
-                          progress=progress)
+    dirs = [Path(d) for d in (data_dirs if isinstance(data_dirs, list) else [data_dirs])]
+    studies = [s for d in dirs for s in build_cache(d, cache_root, size=int(loaded.meta["size"]),
+                                                    progress=progress)]
     if not studies:
-        raise ValueError(f"no labelled studies could be loaded from {data_dir}")
+        raise ValueError(f"no labelled studies could be loaded from {', '.join(map(str, dirs))}")
     sc = score_studies(loaded.model, studies, pick_device(device), progress=progress)
     raw = Calibration()(sc.logit)
     cal = fit(sc.logit, sc.y, method=method, fitted_on=name)
@@ -38,6 +40,7 @@ def calibrate_checkpoint(model_path: Path, data_dir: Path, out: Path, *, method:
     op = binary_metrics(sc.y, prob, threshold)
     report = {
         "set": name,
+        "folders": [d.name for d in dirs],
         "studies": int(sc.y.size),
         "positive_studies": int(sc.y.sum()),
         "method": method,

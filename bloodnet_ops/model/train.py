@@ -80,6 +80,7 @@ class TrainConfig:
     mine_every: int = 300  #: steps between hard-negative mining rounds (0: never)
     mine_pool: int = 1200  #: blood-free slices scored per round
     mine_min: float = 0.15  #: top-k blood probability above which a slice is hard
+    max_seconds: float = 0.0  #: stage-1 wall-clock budget; the schedule follows it (0: off)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -182,12 +183,14 @@ def train_slices(model: SliceModel, train: list[CachedStudy], cfg: TrainConfig,
     total = cfg.epochs * cfg.steps_per_epoch
     warm = max(1, total // 20)
 
-    def lr_at(step: int) -> float:
+    def lr_at(step: int, progress: float) -> float:
+        """Linear warm-up, then cosine over ``progress`` (steps done, or the share of the time
+        budget used when that is further along)."""
         if step < warm:
             return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm))) * 0.98 + 0.02
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress))) * 0.98 + 0.02
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    t_start = time.perf_counter()
     history = []
     n_hard = 0
     bar = tqdm(total=total, desc=f"train {model.variant}", disable=not cfg.progress)
@@ -195,6 +198,13 @@ def train_slices(model: SliceModel, train: list[CachedStudy], cfg: TrainConfig,
         sums = {"loss": 0.0, "seg": 0.0, "cls": 0.0}
         for i in range(cfg.steps_per_epoch):
             step = epoch * cfg.steps_per_epoch + i
+            progress = (step - warm) / max(1, total - warm)
+            if cfg.max_seconds:
+                progress = max(progress, (time.perf_counter() - t_start) / cfg.max_seconds)
+                if progress >= 1.0:
+                    break
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * lr_at(step, progress)
             if cfg.mine_every and cfg.hard_frac > 0 and step % cfg.mine_every == 0 and (
                     step > 0 or cfg.init):
                 hard, score = mine_hard_negatives(model, sampler, mine_rng, device,
@@ -221,7 +231,6 @@ def train_slices(model: SliceModel, train: list[CachedStudy], cfg: TrainConfig,
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
-            sched.step()
             sums["loss"] += loss.item()
             bar.update(1)
         rec = {k: v / cfg.steps_per_epoch for k, v in sums.items()}
@@ -231,6 +240,9 @@ def train_slices(model: SliceModel, train: list[CachedStudy], cfg: TrainConfig,
         bar.set_postfix(loss=f"{rec['loss']:.3f}")
         log.info("epoch %d: loss %.4f seg %.4f cls %.4f", epoch + 1, rec["loss"], rec["seg"],
                  rec["cls"])
+        if cfg.max_seconds and time.perf_counter() - t_start >= cfg.max_seconds:
+            log.info("time budget of %.0f s reached after epoch %d", cfg.max_seconds, epoch + 1)
+            break
     bar.close()
     return history
 
