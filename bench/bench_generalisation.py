@@ -90,6 +90,33 @@ def run_predict(data: Path, model: Path | None, device: str | None, code: Path |
     return docs, dt
 
 
+def hu_threshold_scores(data: Path) -> dict[str, float]:
+    """The peer with no learning: mL of voxels at 55-90 HU inside the skull after a 3×3 median
+    filter (what "denser than brain" alone scores). Inside the skull = the filled bone outline
+    (> 300 HU) less 3 px next to bone, slice by slice."""
+    from scipy import ndimage
+
+    from bloodnet_ops.pipeline import load_study_volume, validate_source
+    from bloodnet_ops.reasons import Verdict
+    from bloodnet_ops.storage import LocalSource
+
+    src = LocalSource(data)
+    out: dict[str, float] = {}
+    for study in validate_source(src, hu_check=False).studies:
+        if study.verdict == Verdict.REJECT or not study.series_uid:
+            continue
+        vol = load_study_volume(src, study)
+        hu = np.asarray(vol.hu, dtype=np.float32)
+        n = 0
+        for k in range(hu.shape[0]):
+            bone = hu[k] > 300
+            inside = ndimage.binary_fill_holes(bone) & ~ndimage.binary_dilation(bone, iterations=3)
+            med = ndimage.median_filter(hu[k], size=3)
+            n += int(np.count_nonzero(inside & (med >= 55) & (med <= 90)))
+        out[study.study_uid] = n * float(np.prod(vol.spacing)) / 1000.0
+    return out
+
+
 def read_csv(path: Path) -> list[dict[str, str]]:
     with path.open(newline="") as fh:
         return list(csv.DictReader(fh))
@@ -274,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--model", type=Path, default=None,
                     help="checkpoint passed to predict (default: predict's shipped model)")
-    ap.add_argument("--out", type=Path, default=Path("reports/generalisation.json"))
+    ap.add_argument("--out", type=Path, default=Path("bench/out/generalisation.json"),
+                    help="report JSON (default under bench/out/, never over a tracked report)")
     ap.add_argument("--data", type=Path, default=None,
                     help="use this hold-out folder (generated into it when it has no labels.csv)")
     ap.add_argument("--matrix", type=int, default=512)
@@ -286,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="run predict with the bloodnet_ops of this checkout (PYTHONPATH)")
     ap.add_argument("--keep", action="store_true", help="keep the generated temp folder")
     ap.add_argument("--n-boot", type=int, default=2000)
+    ap.add_argument("--baseline", action="store_true",
+                    help="also score the HU-threshold peer (55-90 HU in the skull) on the studies")
     ap.add_argument("--generator", default=None,
                     help="name of the generator that wrote --data (for the report)")
     a = ap.parse_args(argv)
@@ -313,6 +343,16 @@ def main(argv: list[str] | None = None) -> int:
                                a.device, a.code)
         timing["predict_s"] = round(dt, 1)
         res = evaluate(labels, extras, docs, seed=a.seed, n_boot=a.n_boot)
+        if a.baseline:
+            t = time.perf_counter()
+            base = hu_threshold_scores(data)
+            timing["baseline_s"] = round(time.perf_counter() - t, 1)
+            y = np.array([int(r["ich"]) for r in labels])
+            sb = np.array([base.get(r["study_uid"], 0.0) for r in labels])
+            res["peer_hu_threshold"] = _auc_block(y, sb, seed=a.seed, n_boot=a.n_boot)
+            if res["auc"].get("auc") is not None and res["peer_hu_threshold"].get("auc"):
+                res["peer_hu_threshold"]["model_minus_peer"] = round(
+                    res["auc"]["auc"] - res["peer_hu_threshold"]["auc"], 4)
     finally:
         if tmp is not None and not a.keep:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -327,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
                                                    else "(see --data)")},
            "timing": timing, **res}
     print_report(res)
+    if "peer_hu_threshold" in res:
+        print(f"peer, HU threshold 55-90 in the skull: AUC {_fmt_auc(res['peer_hu_threshold'])}")
     print(f"\npredict {timing['predict_s']} s for {len(labels)} studies"
           + (f"; generation {timing['generate_s']} s" if "generate_s" in timing else ""))
     a.out.parent.mkdir(parents=True, exist_ok=True)

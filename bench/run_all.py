@@ -117,6 +117,20 @@ def inference_rows(run: Run) -> list[Row]:
     ]
 
 
+def generalisation_rows(run: Run) -> list[Row]:
+    """bench_generalisation.py: the model's AUC on the outside phantom against the HU-threshold
+    peer scored on the same studies."""
+    res = _fresh_json(OUT / "bench_generalisation.json", run)
+    if res is None or res.get("auc", {}).get("auc") is None:
+        return []
+    peer = res.get("peer_hu_threshold") or {}
+    return [{"metric": f"study AUC, outside phantom ({res['n_studies']} studies, "
+                       f"{res['config']['matrix']}²)", "value": res["auc"]["auc"], "unit": "AUC",
+             "peer": "HU threshold 55-90 in the skull", "peer_value": peer.get("auc"),
+             "ratio": (res["auc"]["auc"] / peer["auc"]) if peer.get("auc") else None,
+             "limit": "quick mode: few studies, wide CI"}]
+
+
 def dag_rows(run: Run) -> list[Row]:
     res = _fresh_json(OUT / "bench_dag.json", run)
     if res is None:
@@ -185,6 +199,12 @@ def specs() -> dict[str, Spec]:
         "bench_load": Spec(["--quick"], own_rows("bench_load"), 360),
         "bench_dag": Spec(["--studies", "6", "--matrix", "128", "--batch-size", "3"], dag_rows,
                           360),
+        "bench_generalisation": Spec(["--studies", "24", "--matrix", "256", "--baseline",
+                                      "--n-boot", "300", "--out",
+                                      str(OUT / "bench_generalisation.json")],
+                                     generalisation_rows, 420,
+                                     full=["--studies", "100", "--seed", "7", "--baseline",
+                                           "--out", str(OUT / "bench_generalisation.json")]),
         "bench_dashboard": Spec(["--repeat", "3", "--nights", "365", "--sites", "10",
                                  "--studies", "10"], dashboard_rows, 300),
     }

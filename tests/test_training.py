@@ -383,3 +383,25 @@ def test_gpu_recipe_renders_in_memory_and_respects_its_time_budget(tmp_path: Pat
     assert time.perf_counter() - t0 < 240
     hist = meta["metrics"]["history"]
     assert hist and len(hist) < 20  # stopped by the budget, not by the step count
+
+
+def test_ablation_over_seeds_reports_mean_sd_and_delong_per_seed(synth_small: Path,
+                                                                 tmp_path: Path) -> None:
+    from bloodnet_ops.model.ablation import run_ablation_seeds
+
+    cfg = TrainConfig(size=48, epochs=1, steps_per_epoch=2, batch_size=4, widths=TINY_WIDTHS,
+                      study_epochs=1, progress=False, threads=1, mine_every=1)
+    doc = run_ablation_seeds(synth_small, tmp_path / "abl", base=cfg, seeds=[0, 1],
+                             variants=["bloodnet", "seg-only"], n_boot=50, cache_root=tmp_path,
+                             test_dir=synth_small)
+    rows = {r["variant"]: r for r in doc["summary"]}
+    assert set(rows) == {"bloodnet", "seg-only"}
+    for r in rows.values():
+        assert len(r["auc_per_seed"]) == 2
+        assert r["auc_mean"] == pytest.approx(np.mean(r["auc_per_seed"]))
+        assert r["auc_sd"] == pytest.approx(np.std(r["auc_per_seed"], ddof=1))
+    assert rows["bloodnet"]["delong_p_per_seed"] == [None, None]
+    assert all(0 <= p <= 1 for p in rows["seg-only"]["delong_p_per_seed"])
+    md = (tmp_path / "abl" / "ablation.md").read_text()
+    assert "mean ± sd" in md and "`seg-only`" in md
+    assert (tmp_path / "abl" / "seed-1" / "ablation.json").exists()
