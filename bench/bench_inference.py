@@ -95,6 +95,14 @@ def run(args: argparse.Namespace) -> dict:
                           channels_last=not args.no_channels_last)
             p.predict(items[:1])
             sweep[bs] = n_slices / _best(lambda p=p: p.predict(items), args.repeats)
+        peer = None
+        if args.peer_model:  # another checkpoint, same volumes, same run: a model-for-model ratio
+            pp = Predictor(Path(args.peer_model), args.device, batch_size=args.batch,
+                           amp=not args.no_amp, channels_last=not args.no_channels_last)
+            pp.predict(items[:1])
+            t_peer = _best(lambda: pp.predict(items), args.repeats)
+            peer = {"model_version": pp.model_version, "compute_slices_per_s": n_slices / t_peer,
+                    "ratio_model_vs_peer": t_peer / t_compute}
         return {
             "device": str(pred.device),
             "gpu": torch.cuda.get_device_name(0) if pred.device.type == "cuda" else None,
@@ -117,6 +125,7 @@ def run(args: argparse.Namespace) -> dict:
             "overlap_gained": (t_seq - t_over) / min(t_load, t_compute),
             "speedup_overlapped_vs_sequential": t_seq / t_over,
             "batch_sweep_slices_per_s": sweep,
+            "peer_model": peer,
         }
 
 
@@ -134,6 +143,8 @@ def main() -> None:
     ap.add_argument("--no-amp", action="store_true")
     ap.add_argument("--no-channels-last", action="store_true")
     ap.add_argument("--json", default=None, help="also write the result here")
+    ap.add_argument("--peer-model", default=None,
+                    help="another checkpoint timed on the same volumes (e.g. the previous release)")
     args = ap.parse_args()
     res = run(args)
     s, sps = res["seconds"], res["slices_per_s"]
@@ -149,6 +160,10 @@ def main() -> None:
     print(f"  time share: loading {res['share_loading']:.0%}, compute {res['share_compute']:.0%};"
           f" overlap gained {res['overlap_gained']:.0%} of the shorter stage; "
           f"overlapped/sequential speed-up x{res['speedup_overlapped_vs_sequential']:.2f}")
+    if res["peer_model"]:
+        pm = res["peer_model"]
+        print(f"  peer model     {pm['model_version']}: {pm['compute_slices_per_s']:8.1f} slices/s"
+              f" compute; this model x{pm['ratio_model_vs_peer']:.2f}")
     for bs, v in res["batch_sweep_slices_per_s"].items():
         print(f"  batch {bs:4d}: {v:8.1f} slices/s")
     if args.json:

@@ -325,7 +325,7 @@ def test_cli_writes_data_set_and_preview(tmp_path: Path) -> None:
     from PIL import Image
 
     with Image.open(png) as im:
-        assert im.width == 7 * 256 and im.height > 6 * 256
+        assert im.width == 9 * 256 and im.height > 6 * 256
     bad = CliRunner().invoke(app, ["synth", "--studies", "2"])
     assert bad.exit_code != 0
 

@@ -321,6 +321,9 @@ def explain(
                                       file_okay=False)],
     model: Annotated[Path | None, typer.Option("--model", help="checkpoint (default: shipped)")
                      ] = None,
+    only: Annotated[str | None, typer.Option(
+        "--only", help="comma-separated study UIDs to explain (e.g. the false positives)")
+                    ] = None,
     device: DeviceOpt = None,
 ) -> None:
     """Write one key image per scored study (slices with the most blood, brain window, mask
@@ -338,6 +341,9 @@ def explain(
     src = open_source(source)
     report = validate_source(src)
     accepted = [s for s in report.studies if s.verdict != Verdict.REJECT and s.series_uid]
+    if only:
+        wanted = {u.strip() for u in only.split(",") if u.strip()}
+        accepted = [s for s in accepted if s.study_uid in wanted]
     out.mkdir(parents=True, exist_ok=True)
     index = []
     failed: dict[str, str] = {}

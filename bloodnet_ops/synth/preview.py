@@ -47,10 +47,12 @@ def preview_studies(seed: int, matrix: int = 256) -> list[RenderedStudy]:
 
 
 def _levels(rs: RenderedStudy) -> list[int]:
-    """Skull base, basal ganglia, ventricles, convexity, plus the slice with the most blood."""
+    """Skull base, posterior fossa (tentorium, sinuses, petrous streaks), basal ganglia,
+    ventricles, convexity, vertex (falx and sagittal sinus, tangential skull), plus the slice
+    with the most blood: the levels where normal anatomy mimics blood."""
     z = rs.geometry.positions
     top = z[-1]
-    picks = [top - d for d in (120.0, 85.0, 70.0, 35.0)]
+    picks = [top - d for d in (120.0, 100.0, 85.0, 70.0, 35.0, 22.0)]
     idx = [int(np.argmin(np.abs(z - t))) for t in picks]
     area = (rs.labels > 0).sum(axis=(1, 2))
     idx.append(int(np.argmax(area)) if area.any() else int(np.argmin(np.abs(z - (top - 60)))))
@@ -67,11 +69,11 @@ def _title(rs: RenderedStudy) -> str:
 
 
 def contact_sheet(studies: list[RenderedStudy], path: Path, *, tile: int = 256) -> Path:
-    """Write a PNG: per study five brain-window slices, the blood slice again with the mask
+    """Write a PNG: per study seven brain-window slices, the blood slice again with the mask
     outlined in red, and a bone-window slice of the skull base."""
     font = ImageFont.load_default(size=13)
     bar = 20
-    ncol = 7
+    ncol = 9
     sheet = Image.new("RGB", (ncol * tile, len(studies) * (tile + bar)), (0, 0, 0))
     draw = ImageDraw.Draw(sheet)
     for r, rs in enumerate(studies):
@@ -88,10 +90,11 @@ def contact_sheet(studies: list[RenderedStudy], path: Path, *, tile: int = 256) 
         rgb[edge] = (255, 0, 0)
         tiles.append(Image.fromarray(rgb))
         tiles.append(Image.fromarray(window(rs.bone[levels[0]], *BONE_WINDOW)).convert("RGB"))
-        names = ["base", "BG", "vent", "convex", "blood", "mask", "bone W"]
+        names = ["base", "post fossa", "BG", "vent", "convex", "vertex", "blood", "mask",
+                 "bone W"]
         for c, (im, name) in enumerate(zip(tiles, names, strict=True)):
             sheet.paste(im.resize((tile, tile), Image.BILINEAR), (c * tile, y0 + bar))
-            z = rs.geometry.positions[levels[min(c, 4)] if c < 6 else levels[0]]
+            z = rs.geometry.positions[levels[min(c, 6)] if c < 8 else levels[0]]
             draw.text((c * tile + 4, y0 + bar + 3), f"{name} z={z:.0f}", fill=(0, 255, 0),
                       font=font)
     path = Path(path)
