@@ -60,11 +60,13 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import io
 import math
 import multiprocessing as mp
 import struct
 import sys
 import time
+import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -896,7 +898,6 @@ class Phantom:
         self.F = self.T = None
         t2 = self.tex2d(k)[:, r0:r1, c0:c1]
         self.tex2, self.tex3 = t2[0][None], t2[1][None]
-        px = self.px
         X, Y, Z = self.X, self.Y, self.Z
         D, dom = self.cavity(X, Y, Z)
         self.D = D
@@ -940,7 +941,7 @@ class Phantom:
         X, Y, Z, D, t = self.X, self.Y, self.Z, self.D, self.tsk
         sk = self.skin(X, Y, Z, D, t)
         ds = -sk
-        soft = g.soft + (g.fat - g.soft) * np.clip(self.tex3 - 1.4, 0, 1) * (Z < -35)
+        soft = g.soft + (g.fat - g.soft) * np.clip(self.tex3 - 1.8, 0, 1) * (Z < -35)
         v = np.where(ds < 1.4, g.skin, np.where(ds < 1.4 + g.tfat, g.fat, soft))
         _, wt = self.scalp(X, Y, Z)
         v = np.where((D > t) & (D < t + g.ttemp * wt) & (ds > 1.4), g.muscle, v)
@@ -1020,13 +1021,15 @@ class Phantom:
         ix = self.box((0, -g.b + 20, -68), 30)
         if ix:
             x, y, z = self.pts(ix)
-            e = np.maximum(np.maximum(np.abs(x) - 13, np.abs(y + g.b - 20) - 24),
-                           np.abs(z + 68) - 14)
+            # nasal cavity: narrow in front, wider behind; septum and turbinates
+            xw = np.abs(x) / (0.7 + 0.3 * np.clip((y + g.b + 4) / 30, 0, 1))
+            e = sd_ell(xw, y + g.b - 20, z + 68, 11, 24, 14)
             put(ix, aa(e, px), air)
             put(ix, aa(np.abs(x) - 1.0, px) * aa(e, px), g.dip)
             for s in (1, -1):
-                put(ix, aa(sd_ell(x - s * 10, y + g.b - 20, z + 70, 4, 20, 5), px),
-                           g.soft)
+                for zt in (-62, -72):
+                    put(ix, aa(sd_ell(x - s * 8.5, y + g.b - 22, z - zt, 3.5, 17, 3.5), px)
+                        * aa(e, px), g.soft)
         ix = self.box((0, -6, -77), 16)
         if ix:
             x, y, z = self.pts(ix)
@@ -1209,7 +1212,9 @@ class Phantom:
         self._sheet_x(g.ihw / 2, lambda x, y, z: self.zih(y) - z, "ih")
         # ventricles
         for side, zs, pts, rad in self.vents:
-            ix = self.box(pts.mean(0) * [1, 1, zs], 45)
+            p3 = pts * [1, 1, zs]
+            c = p3.mean(0)
+            ix = self.box(c, np.max(np.linalg.norm(p3 - c, axis=1) + rad * max(zs, 1)) + 2)
             if not ix:
                 continue
             x, y, z = self.pts(ix)
@@ -1447,13 +1452,17 @@ class Phantom:
         return self._bg[1] if self.z[k] < self.hold_top else self._bg[0]
 
     def tex2d(self, k):
-        """Per-slice 2-D textures: fine (trabecular bone) and coarse (air cells, fat planes)."""
-        out = []
-        for sig in (1.0, 2.2):
-            w = self.rng.standard_normal((self.matrix, self.matrix)).astype(F32)
-            t = ndimage.gaussian_filter(w, sig / self.d)
-            out.append(t / (t.std() + 1e-6))
-        return np.stack(out)
+        """2-D textures, fine (trabecular bone) and coarse (air cells, fat planes): one pair per
+        study, shifted with z so thin neighbouring slices stay alike and thick ones differ."""
+        if not hasattr(self, "_tex2"):
+            out = []
+            for sig in (1.0, 2.2):
+                w = self.rng.standard_normal((self.matrix, self.matrix)).astype(F32)
+                t = ndimage.gaussian_filter(w, sig / self.d, mode="wrap")
+                out.append(t / (t.std() + 1e-6))
+            self._tex2 = np.stack(out)
+        sh = int((self.z[k] - self.z[0]) / (3.0 * self.d))
+        return np.roll(self._tex2, (sh, 2 * sh), (1, 2))
 
     def noise_field(self):
         n = self.matrix
@@ -1474,13 +1483,17 @@ class Phantom:
         """Scanner effects on one slice (HU image, full matrix)."""
         g, n, d = self.g, self.matrix, self.d
         img = ndimage.gaussian_filter(img, self.blur / d, truncate=3.0)
-        ax = self.x0 + d * np.arange(n)
-        xx, yy = np.meshgrid(ax, ax)
+        if not hasattr(self, "_grid2"):
+            ax = (self.x0 + d * np.arange(n)).astype(F32)
+            xx, yy = np.meshgrid(ax, ax)
+            hc = self.Ch
+            r2 = ((xx - hc[0]) ** 2 + (yy - hc[1]) ** 2) / (80 * g.size) ** 2
+            self._grid2 = (xx, yy, (self.cup * np.clip(1 - r2, 0, 1)).astype(F32),
+                           np.hypot(xx, yy))
+        xx, yy, cup, ri = self._grid2
         zc = self.z[k]
         tissue = (img > -150) & (img < 250)
-        hc = self.Ch
-        r2 = ((xx - hc[0]) ** 2 + (yy - hc[1]) ** 2) / (80 * g.size) ** 2
-        img -= self.cup * np.clip(1 - r2, 0, 1) * tissue
+        img -= cup * tissue
         # beam hardening between the petrous bones
         ends = []
         for seg in self.pet:
@@ -1505,9 +1518,8 @@ class Phantom:
             sdf = 1.25
         if self.motion and self.motion[0] <= k < self.motion[1]:
             _, _, sh, ang, wgt = self.motion
-            dy, dx = int(round(sh * math.sin(ang))), int(round(sh * math.cos(ang)))
+            dy, dx = round(sh * math.sin(ang)), round(sh * math.cos(ang))
             img = (1 - wgt) * img + wgt * np.roll(img, (dy, dx), (0, 1))
-        ri = np.hypot(xx, yy)
         if self.ring_r is not None:
             img += self.ring_a * np.exp(-0.5 * ((ri - self.ring_r) / (0.7 * d)) ** 2)
         img += self.noise_sd * sdf * self.noise_field()
@@ -1696,7 +1708,7 @@ def write_localizer(ph, meta, root):
     """Lateral projection through the axial volume (a stand-in topogram)."""
     st = ph.site
     mu = np.clip(ph.hu + 1000.0, 0, None).sum(2) * ph.d / 1000.0  # (z, y) water-equivalent mm
-    f = max(1, int(round(ph.thk / ph.d)))
+    f = max(1, round(ph.thk / ph.d))
     img = np.repeat(mu[::-1], f, axis=0)
     img = np.clip(img / max(img.max(), 1e-6) * 3000, 0, 4095).astype(np.uint16)
     ds = _base(ph, meta, meta.scout_uid, 1, "Topogram 0.6 T20s" if st.naming == "siemens"
@@ -1723,6 +1735,17 @@ def write_localizer(ph, meta, root):
     return path
 
 
+def save_npz(path, **arrays):
+    """np.savez_compressed with fixed zip timestamps, so reruns give identical bytes."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, arr in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.asarray(arr), allow_pickle=False)
+            info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, buf.getvalue())
+
+
 def _job(args):
     seed, index, matrix, n_sites, prate, out, want_sheet = args
     t0 = time.process_time()
@@ -1730,8 +1753,8 @@ def _job(args):
     meta, _ = write_study(ph, Path(out))
     lab = ph.label
     (Path(out) / "masks").mkdir(exist_ok=True)
-    np.savez_compressed(Path(out) / "masks" / f"{meta.study_uid}.npz", label=lab,
-                        z=ph.z.astype(np.float64))
+    save_npz(Path(out) / "masks" / f"{meta.study_uid}.npz", label=lab,
+             z=ph.z.astype(np.float64))
     vox = ph.d * ph.d * ph.thk / 1000.0
     present = [n for n in SUBTYPES if (lab == CODE[n]).any()]
     ich = int(bool(present))
@@ -1827,11 +1850,11 @@ def main(argv=None):
     else:
         res = [_job(t) for t in tasks]
     with open(out / "labels.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
+        w = csv.writer(fh, lineterminator="\n")
         w.writerow(["study_uid", "site", "ich", "subtypes", "volume_ml", "series_uid"])
         w.writerows(r[0] for r in res)
     with open(out / "extras.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
+        w = csv.writer(fh, lineterminator="\n")
         w.writerow(["study_uid", "mimics", "thickness_mm", "matrix", "noise_sd"])
         w.writerows(r[1] for r in res)
     if a.sheet:

@@ -1,6 +1,6 @@
 """The independent radiology phantom (bench/radiology_phantom.py): outputs, labels, validator.
 
-One small data set (5 studies at 256^2, all five vendor profiles) is generated once through the
+One small data set (5 studies at 256^2, one per vendor profile) is generated once through the
 command line; a second, two-study run with two workers checks determinism.
 """
 
@@ -22,13 +22,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "radiology_phantom.py"
 BLOODNET = Path(sys.executable).with_name("bloodnet")
-SEED, N, RATE = 26, 5, "0.6"  # seed 26 draws every vendor profile, 2 positives, 3 negatives
+SEED, N, RATE = 45, 5, "0.6"  # seed 45 draws every vendor profile, 2 positives, 3 negatives
 UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 
 def _load():
     spec = importlib.util.spec_from_file_location("radiology_phantom", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules["radiology_phantom"] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
 
@@ -96,8 +97,7 @@ def test_outputs_and_headers(dataset):
             assert ds.InstitutionName == p.relative_to(dataset).parts[0]
             for u in (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID):
                 assert len(u) <= 64 and UID_RE.match(u)
-    sites = {r["site"] for r in rows}
-    assert len(sites) == 4  # KESTREL twice
+    assert {r["site"] for r in rows} == {s.name for s in rp.SITES}
 
 
 def test_labels_and_masks_consistent(dataset):
@@ -121,7 +121,7 @@ def test_labels_and_masks_consistent(dataset):
 
 def test_validator_accepts_every_series(dataset):
     proc = subprocess.run([str(BLOODNET), "validate", str(dataset), "--json"],
-                          capture_output=True, text=True, timeout=300)
+                          check=False, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout)
     studies = {r["study_uid"]: r for r in report if r.get("study_uid")}
@@ -133,7 +133,7 @@ def test_validator_accepts_every_series(dataset):
     assert all(Path(r["key"]).suffix in (".csv", ".npz") for r in others)
 
 
-@pytest.mark.parametrize("index", [1, 4])  # LOWMOOR slope 0.5 / ORRIN signed 12 bit implicit
+@pytest.mark.parametrize("index", [1, 3])  # LOWMOOR slope 0.5 / ORRIN signed 12 bit implicit
 def test_hu_round_trip(dataset, index):
     ph = rp.render_study(SEED, index, 256, 5, float(RATE))
     row = _rows(dataset)[index]
