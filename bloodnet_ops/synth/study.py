@@ -98,8 +98,6 @@ def choose_subtypes(rng: np.random.Generator, lead: Subtype | None) -> list[Subt
 def _geometry(rng: np.random.Generator, profile: VendorProfile, p: AnatomyParams, matrix: int,
               ) -> tuple[Geometry, np.ndarray, np.ndarray]:
     thickness = float(rng.choice(profile.thicknesses))
-    if rng.random() < 0.06:  # a thin-slice reconstruction at any site (0.625-1.25 mm)
-        thickness = float(rng.choice([0.625, 1.0, 1.25]))
     fov = float(np.round(rng.uniform(*profile.fov), 1))
     ps = fov / matrix
     recon = (float(np.round(rng.uniform(-6, 6), 1)), float(np.round(rng.uniform(-14, 4), 1)))
