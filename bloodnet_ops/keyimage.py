@@ -48,7 +48,8 @@ def window_u8(hu: np.ndarray, centre: float, width: float) -> np.ndarray:
     return (np.clip((hu - lo) / width, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def _outline(mask: np.ndarray) -> np.ndarray:
+def outline(mask: np.ndarray) -> np.ndarray:
+    """The one-pixel inner edge of a 2D mask."""
     inner = mask.copy()
     inner[1:] &= mask[:-1]
     inner[:-1] &= mask[1:]
@@ -69,7 +70,7 @@ def slice_pair(hu2d: np.ndarray, blood2d: np.ndarray, *, tile: int = TILE) -> np
     grey = _resize(window_u8(hu2d, *BRAIN_WINDOW), tile)
     rgb = np.repeat(grey[:, :, None], 3, axis=2)
     marked = rgb.copy()
-    edge = _outline(_resize(blood2d >= MASK_PROB, tile))
+    edge = outline(_resize(blood2d >= MASK_PROB, tile))
     marked[edge] = OUTLINE_RGB
     return np.concatenate([rgb, marked], axis=1)
 

@@ -64,11 +64,6 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, dtype=np.float64)))
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
-    return np.log(p / (1 - p))
-
-
 def apply(meta: dict, logit: np.ndarray | float) -> np.ndarray:
     """Calibrated probability of study logits under a checkpoint's ``calibration``."""
     return Calibration.from_dict(meta.get("calibration"))(logit)
@@ -236,7 +231,3 @@ def reliability_png(y: np.ndarray, p: np.ndarray, path: Path, *, bins: int = 10,
     img.save(path, format="PNG")
     return path
 
-
-def raw_logit(prob: np.ndarray) -> np.ndarray:
-    """The logit of an uncalibrated probability (for data already scored)."""
-    return _logit(prob)

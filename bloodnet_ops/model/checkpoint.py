@@ -80,7 +80,12 @@ def save_checkpoint(path: Path, model: SliceModel, *, threshold: float, size: in
         "trained_on": trained_on,
         "intended_use": INTENDED_USE,
     }
-    path = Path(path)
+    return _write(doc, Path(path))
+
+
+def _write(doc: dict[str, Any], path: Path) -> str:
+    """``torch.save`` through a ``.part`` file and a rename, so a reader never sees half a
+    checkpoint; returns the file's sha256."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".part")
     torch.save(doc, tmp)
@@ -94,12 +99,7 @@ def update_checkpoint(src: Path, dst: Path, **fields: Any) -> str:
     doc = torch.load(Path(src), map_location="cpu", weights_only=True)
     _expect("content_sha256", doc.get("content_sha256"), content_hash(doc["state_dict"]))
     doc.update(fields)
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_suffix(dst.suffix + ".part")
-    torch.save(doc, tmp)
-    tmp.replace(dst)
-    return file_sha256(dst)
+    return _write(doc, Path(dst))
 
 
 @dataclass(slots=True)

@@ -9,19 +9,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from bloodnet_ops.keyimage import BRAIN_WINDOW, outline
+from bloodnet_ops.keyimage import window_u8 as window
 from bloodnet_ops.synth.plan import plan_studies
 from bloodnet_ops.synth.study import RenderedStudy, render_study
 from bloodnet_ops.synth.tissue import Subtype
 
-BRAIN_WINDOW = (40.0, 80.0)
 BONE_WINDOW = (600.0, 2800.0)
 _ROWS: tuple[Subtype | None, ...] = (None, *Subtype)
-
-
-def window(hu: np.ndarray, centre: float, width: float) -> np.ndarray:
-    """HU → uint8 grey levels for a window (centre/width)."""
-    lo = centre - width / 2
-    return (np.clip((hu - lo) / width, 0, 1) * 255).astype(np.uint8)
 
 
 def preview_studies(seed: int, matrix: int = 256) -> list[RenderedStudy]:
@@ -86,7 +81,7 @@ def contact_sheet(studies: list[RenderedStudy], path: Path, *, tile: int = 256) 
         grey = window(rs.soft[kb], *BRAIN_WINDOW)
         rgb = np.stack([grey] * 3, axis=-1)
         m = rs.labels[kb] > 0
-        edge = m & ~(np.roll(m, 1, 0) & np.roll(m, -1, 0) & np.roll(m, 1, 1) & np.roll(m, -1, 1))
+        edge = outline(m)
         rgb[edge] = (255, 0, 0)
         tiles.append(Image.fromarray(rgb))
         tiles.append(Image.fromarray(window(rs.bone[levels[0]], *BONE_WINDOW)).convert("RGB"))
