@@ -5,12 +5,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 # The CPU build of PyTorch. Machines that carry the wheel locally (find-links) need no index;
-# elsewhere pip reads PyTorch's CPU index. `make install EXTRAS=test,gpu TORCH_INDEX=...cu128` for CUDA.
+# elsewhere pip reads PyTorch's CPU index. CUDA is a choice of index, not an extra: `make install-gpu`.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 EXTRAS ?= test,bench
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench generalisation lint clean-demo
+.PHONY: install install-gpu test test-fast demo bench generalisation lint clean-demo
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
@@ -25,9 +25,22 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# The same pins, except torch, which comes from PyTorch's CUDA index with the same version.
+CUDA_INDEX ?= https://download.pytorch.org/whl/cu128
+install-gpu:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	grep -v '^torch==' constraints.txt > $(VENV)/constraints-cuda.txt
+	$(PIP) install -q --extra-index-url $(CUDA_INDEX) -c $(VENV)/constraints-cuda.txt \
+	  "torch==$$(sed -n 's/^torch==\([0-9.]*\).*/\1/p' constraints.txt)" -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
 test: install
 	bash scripts/test-prereqs.sh
 	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+# The unit tests (no service, Airflow or browser; not slow): under 2 minutes, while you work.
+test-fast: install
+	$(VENV)/bin/pytest -q -p no:cacheprovider -m unit
 
 demo: install
 	$(VENV)/bin/bloodnet demo

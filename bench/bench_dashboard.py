@@ -55,7 +55,7 @@ def pages(end: dt.date) -> list[tuple[str, str]]:
 
 
 def seed_database(server_url: str, spec: seed.SeedSpec) -> tuple[str, str, dict[str, int], float]:
-    from bloodnet_ops.dashboard.views import apply_views
+    from bloodnet_ops.db.views import apply_views
     from bloodnet_ops.db.session import migrate
     from bloodnet_ops.services import create_database
 
@@ -137,7 +137,7 @@ def main() -> None:
         reuse = dict(zip(specs, args.reuse.split(","), strict=True)) if args.reuse else {}
         for key, spec in specs.items():
             if key in reuse:
-                from bloodnet_ops.dashboard.views import apply_views
+                from bloodnet_ops.db.views import apply_views
                 from bloodnet_ops.services import create_database
 
                 urls[key] = create_database(server_url, reuse[key], exist_ok=True)

@@ -151,16 +151,6 @@ def migrate_airflow(env: dict[str, str], *, log_path: Path | None = None) -> Non
     run_airflow(["db", "migrate"], env, log_path=log_path)
 
 
-def dag_ids_in(folder: Path) -> set[str]:
-    """DAG ids declared in ``folder`` (a text scan: no Airflow import in this process)."""
-    import re
-
-    ids: set[str] = set()
-    for path in Path(folder).glob("*.py"):
-        ids.update(re.findall(r"dag_id\s*=\s*[\"']([\w.-]+)[\"']", path.read_text()))
-    return ids
-
-
 # ---------------------------------------------------------------------------------------------
 # services
 
@@ -371,7 +361,7 @@ def _analytics_and_dashboard(db_url: str) -> dict[str, Any]:
     import secrets
 
     from bloodnet_ops.audit.summary import summary_lines
-    from bloodnet_ops.dashboard.views import apply_views
+    from bloodnet_ops.db.views import apply_views
 
     apply_views(db_url)
     return {"analytics_lines": summary_lines(db_url),
@@ -420,7 +410,9 @@ def _default_model() -> Path:
     """The weights the DAG will load (``$BLOODNET_MODEL`` or ``models/bloodnet.pt``), found
     without importing torch."""
     env = os.environ.get("BLOODNET_MODEL")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "models" / "bloodnet.pt"
+    from bloodnet_ops.resources import released_model
+
+    return Path(env) if env else released_model()
 
 
 def run_demo(
@@ -475,11 +467,7 @@ def run_demo(
         run_airflow(["dags", "test", SCREENING_DAG, "-c", json.dumps({"batch_size": batch_size})],
                     env, log_path=airflow_log)
         timings["screening_dag"] = time.perf_counter() - t0
-        present = dag_ids_in(Path(env["AIRFLOW__CORE__DAGS_FOLDER"]))
         for dag_id in FOLLOW_UP_DAGS:
-            if dag_id not in present:
-                echo(f"({dag_id} not found in the DAG folder; skipped)")
-                continue
             echo(f"running {dag_id} ...")
             t0 = time.perf_counter()
             res = run_airflow(["dags", "test", dag_id], env, log_path=airflow_log, check=False)

@@ -468,7 +468,9 @@ def _hu_row(plan: _Plan, blobs: list[bytes] | BaseException) -> dict[str, Any]:
     row["air_peak"] = m.air_peak if m.air_peak is not None else (
         m.dark_level if m.padding_fraction < 0.01 else None)
     # no tissue on the central slices: report the brightest level found, which fails the range
-    row["tissue_median"] = (m.brain_median if m.brain_median is not None
+    # brain where air is (the mode), not a median that air outside the head can dilute into range
+    level = m.tissue_level if m.tissue_level is not None else m.brain_median
+    row["tissue_median"] = (level if level is not None
                             else m.p99 if math.isfinite(m.p99) else PADDING_HU)
     row["outside_fraction"] = m.outside_fraction
     if plan.anatomy == "unknown":  # the header named no region: let the pixels speak

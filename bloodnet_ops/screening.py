@@ -279,17 +279,6 @@ def discover(
 # 2. validate
 
 
-def pending_objects(db_url: str, source_uri: str, prefix: str | None = None) -> list[ObjectRef]:
-    """The manifest's ``pending`` objects of a source (optionally under a key prefix)."""
-    t = _objects_table()
-    where = [t.c.source_uri == source_uri, t.c.status == "pending"]
-    if (scope := _under(t.c.key, prefix)) is not None:
-        where.append(scope)
-    with _engine(db_url).connect() as conn:
-        rows = conn.execute(select(t.c.key, t.c.etag, t.c.size).where(*where).order_by(t.c.key))
-        return [ObjectRef(r.key, r.etag, int(r.size)) for r in rows]
-
-
 def validate_and_record(
     source_uri: str,
     db_url: str,
@@ -497,17 +486,6 @@ def _failure_reason(exc: Exception) -> Reason:
     return Reason.PIXEL_DECODE_FAILED
 
 
-def _stream(predictor, items: Iterable[tuple[str, str, Any]], keep_masks: bool
-            ) -> Iterator[tuple[Any, Any]]:
-    """(finding, blood probability or None) per study as each finishes, so a batch never holds
-    more than the Predictor's prefetch of volumes and masks."""
-    public = getattr(predictor, "predict_iter", None)
-    if public is not None:
-        yield from public(items, keep_masks=keep_masks)
-    else:  # a Predictor without a streaming method: its internal generator does the same
-        yield from predictor._run(items, keep_masks=keep_masks)
-
-
 @dataclass(slots=True)
 class _Scored:
     study: StudyResult
@@ -563,7 +541,7 @@ def _score_studies(predictor, source, studies: Sequence[StudyResult], *, keep_ma
         return _Scored(study, volume, datasets, finding, blood, load_s)
 
     try:
-        for finding, blood in _stream(predictor, items(), keep_masks):
+        for finding, blood in predictor.predict_iter(items(), keep_masks=keep_masks):
             yield scored(finding, blood)
         return
     except (ConnectionError, TimeoutError):
@@ -579,7 +557,7 @@ def _score_studies(predictor, source, studies: Sequence[StudyResult], *, keep_ma
             continue
         item = (study.study_uid, study.series_uid, loaded[study.study_uid][1])
         try:
-            ((finding, blood),) = list(_stream(predictor, [item], keep_masks))
+            ((finding, blood),) = list(predictor.predict_iter([item], keep_masks=keep_masks))
         except Exception as exc:  # noqa: BLE001 - the model cannot score this study
             log.warning("study failed while scoring: %s: %s", type(exc).__name__,
                         str(exc)[:200])
@@ -619,7 +597,7 @@ def infer_batch(
     predictor = _predictor(model_path)
     repo.register_model_version(
         engine, model_version=predictor.model_version, weights_sha256=predictor.weights_sha256,
-        threshold=float(predictor.threshold), variant=getattr(predictor, "variant", "bloodnet"),
+        threshold=float(predictor.threshold), variant=predictor.variant,
     )
     sink = None
     if write_dicom:

@@ -226,6 +226,13 @@ class S3Source:
                 return
             kwargs["ContinuationToken"] = token
 
+    def probe(self) -> None:
+        """One listing call without retries, so that a command line run learns at once that the
+        store is down, the bucket missing or the credentials wrong (the botocore error is raised
+        as it is; :mod:`bloodnet_ops.errors` words it)."""
+        once = s3_client(self.endpoint, max_attempts=1, pool=1)
+        once.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
+
     def get_range(self, key: str, length: int) -> bytes:
         if length <= 0:
             return b""
@@ -242,14 +249,18 @@ class S3Source:
             Bucket=self.bucket, Key=self._full(key), Body=data, ContentType=content_type))
 
 
-def open_source(uri: str | os.PathLike[str]) -> LocalSource | S3Source:
-    """``s3://bucket/prefix`` → :class:`S3Source`; anything else is a local folder."""
+def open_source(uri: str | os.PathLike[str], *, probe: bool = False) -> LocalSource | S3Source:
+    """``s3://bucket/prefix`` → :class:`S3Source`; anything else is a local folder. With
+    ``probe``, an S3 source is tried once (:meth:`S3Source.probe`) before it is returned."""
     text = str(uri)
     if text.startswith("s3://"):
         bucket, _, prefix = text[5:].partition("/")
         if not bucket:
             raise ValueError(f"no bucket in {text!r}")
-        return S3Source(bucket, prefix)
+        source = S3Source(bucket, prefix)
+        if probe:
+            source.probe()
+        return source
     path = Path(text)
     if not path.is_dir():
         raise FileNotFoundError(f"source folder does not exist: {text}")

@@ -23,14 +23,18 @@ for conn in bloodnet_s3 bloodnet_db; do
   echo "airflow-init: connection ${conn} ok"
 done
 
-echo "airflow-init: results database schema and buckets"
+echo "airflow-init: results database schema, views, roles and buckets"
 python - <<'PY'
 import os
 
-from bloodnet_ops.db.session import migrate
+from bloodnet_ops.db.session import apply_sql, migrate
+from bloodnet_ops.resources import sql_file
 from bloodnet_ops.storage import s3_client
 
-migrate(os.environ["BLOODNET_DATABASE_URL"])
+url = os.environ["BLOODNET_DATABASE_URL"]
+migrate(url)  # every table and, at head, every dashboard view (sql/views.sql)
+apply_sql(url, sql_file("roles.sql"))
+print("airflow-init: schema, views and roles ok")
 client = s3_client()
 for bucket in sorted({os.environ["BLOODNET_INCOMING_BUCKET"], os.environ["BLOODNET_OUTPUT_BUCKET"]}):
     try:

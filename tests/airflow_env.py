@@ -7,7 +7,7 @@ variables when it is imported (test collection, before any test imports Airflow)
 
 Use from a test module::
 
-    from airflow_env import airflow_home, airflow_conns  # noqa: F401  (pytest fixtures)
+    def test_x(airflow_home, airflow_conns): ...  # conftest.py loads this module as a plugin
 """
 
 from __future__ import annotations

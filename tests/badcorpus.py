@@ -444,6 +444,19 @@ def build_corpus(seed: int = 11) -> list[Case]:
 
     add("hu_offset", reject, [Reason.HU_OUT_OF_RANGE],
         _study("hu_offset", SeriesSpec(), mutate=intercept_zero))
+
+    def intercept_high_undeclared_padding(dss: list[Dataset]) -> list[Dataset]:
+        # intercept 1024 too high (air ~ +24 HU, brain ~ 1,050 HU) while the -2048 fill, with no
+        # PixelPaddingValue, reads -1024 and would pass for air
+        for ds in dss:
+            del ds.PixelPaddingValue
+            ds.RescaleIntercept = "1024"
+        return dss
+
+    add("hu_offset_padded", reject, [Reason.HU_OUT_OF_RANGE], _study(
+        "hu_offset_padded", SeriesSpec(pixel_mm=5.0, profile=Profile(  # 320 mm field: much air
+            signed=True, bits_stored=16, intercept=0.0, padding=-2048, manufacturer="TOSHIBA")),
+        mutate=intercept_high_undeclared_padding))
     wrap = Profile(bits_stored=12, intercept=0.0, padding=None)
 
     def wrapped(dss: list[Dataset]) -> list[Dataset]:

@@ -29,6 +29,41 @@ os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")  # no 1-2 s IMDS prob
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 
+#: Fixture modules shared by several test files (rather than importing fixtures by name).
+pytest_plugins = ["airflow_env", "screening_fixtures", "dashboard_fixtures"]
+
+#: Markers, derived from what a test needs unless it sets one itself; ``make test-fast`` runs
+#: ``-m unit``: the tests that need no service, no Airflow, no browser and are not slow.
+_SERVICE_FIXTURES = {"pg_server_url", "database_url", "s3_server", "s3_bucket", "fresh_db",
+                     "dashboard_db"}
+_AIRFLOW_FIXTURES = {"airflow_home", "airflow_conns", "dagbag"}
+_KINDS = ("services", "airflow", "browser", "slow")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, what in (
+        ("unit", "needs no service, no Airflow and no browser; part of make test-fast"),
+        ("services", "talks to a real PostgreSQL or SeaweedFS (or runs the CLI against them)"),
+        ("airflow", "runs real Airflow: dag.test() or the airflow CLI"),
+        ("browser", "drives a real Chromium"),
+        ("slow", "takes more than about 20 s on 2 cores (training, big data sets)"),
+    ):
+        config.addinivalue_line("markers", f"{name}: {what}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        needs = set(getattr(item, "fixturenames", ()))
+        if needs & _AIRFLOW_FIXTURES:
+            item.add_marker(pytest.mark.airflow)
+        if needs & _SERVICE_FIXTURES:
+            item.add_marker(pytest.mark.services)
+        if "browser" in item.nodeid.split("::")[0]:
+            item.add_marker(pytest.mark.browser)
+        if not any(item.get_closest_marker(k) for k in _KINDS):
+            item.add_marker(pytest.mark.unit)
+
+
 @pytest.fixture(scope="session")
 def pg_server_url() -> str:
     from bloodnet_ops.services import ServiceError, ensure_postgres

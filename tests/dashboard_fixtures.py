@@ -1,4 +1,4 @@
-"""Fixtures shared by the dashboard tests (import them into a test module to use them).
+"""Fixtures shared by the dashboard tests (``conftest.py`` loads this module as a plugin).
 
 ``dashboard_db`` is a database of its own (not the shared ``database_url``), so the page numbers
 the tests check are not disturbed by rows other tests write: migrated, roles and views applied,
@@ -7,6 +7,7 @@ and seeded through the pipeline's own write path (:func:`dashboard_seed.seed_via
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -24,7 +25,10 @@ except ImportError:  # tests/ imported as a package
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "test-dashboard-token-0123456789"
-SCREENSHOTS = REPO / "reports" / "screenshots"
+#: Where the browser tests save their screenshots: an ignored folder, unless
+#: ``BLOODNET_SCREENSHOTS=reports/screenshots`` asks to refresh the README's pictures.
+SCREENSHOTS = (REPO / os.environ["BLOODNET_SCREENSHOTS"] if os.environ.get("BLOODNET_SCREENSHOTS")
+               else REPO / "var" / "screenshots")
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,7 @@ class DashboardDB:
 
 @pytest.fixture(scope="session")
 def dashboard_db(pg_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DashboardDB]:
-    from bloodnet_ops.dashboard.views import apply_views
+    from bloodnet_ops.db.views import apply_views
     from bloodnet_ops.db.session import apply_sql, migrate
     from bloodnet_ops.services import create_database, drop_database
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from airflow_env import DAGS, airflow_home, set_connections  # noqa: F401 - fixture
+from airflow_env import DAGS, set_connections
 from analytics_helpers import fresh_database, site_specs, write_studies
 from sqlalchemy import text
 
@@ -21,7 +21,7 @@ DRIFT_ID = "bloodnet_drift_monitor"
 
 
 @pytest.fixture(scope="module")
-def dagbag(airflow_home: Path):  # noqa: F811
+def dagbag(airflow_home: Path):
     from airflow.dag_processing.dagbag import DagBag
 
     if str(DAGS) not in sys.path:  # what Airflow's bundle loader does for the DAG folder
@@ -63,7 +63,7 @@ def dag_db(pg_server_url: str):
 
 
 def test_audit_and_drift_dags_run_end_to_end(
-    dagbag, dag_db, airflow_home: Path, s3_server, s3_bucket: str,  # noqa: F811
+    dagbag, dag_db, airflow_home: Path, s3_server, s3_bucket: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from bloodnet_ops.storage import s3_client

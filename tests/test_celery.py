@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from screening_fixtures import labels, tiny_model, upload_studies  # noqa: F401 - fixture
+from screening_fixtures import labels, upload_studies
 
 from bloodnet_ops.services import create_database, drop_database, free_port
 
@@ -331,7 +331,7 @@ def test_gpu_queue_tasks_run_on_the_gpu_worker(cluster):
 
 
 def test_screening_dag_infers_on_the_gpu_worker_like_dags_test(
-    cluster, synth_small, tiny_model, tmp_path,  # noqa: F811 - fixture
+    cluster, synth_small, tiny_model, tmp_path,
 ):
     from bloodnet_ops.db.session import migrate
     from bloodnet_ops.demo import db_connection_json, s3_connection_json

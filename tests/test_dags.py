@@ -10,14 +10,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from airflow_env import DAGS, airflow_home, set_connections  # noqa: F401 - fixture
-from screening_fixtures import (  # noqa: F401 - fixtures
+from airflow_env import DAGS, set_connections
+from screening_fixtures import (
     STABLE_TABLES,
     counts,
-    fresh_db,
     labels,
     query,
-    tiny_model,
     upload_studies,
 )
 
@@ -26,7 +24,7 @@ NIGHT = datetime(2026, 3, 1, 1, 0, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
-def dagbag(airflow_home: Path):  # noqa: F811
+def dagbag(airflow_home: Path):
     from airflow.dag_processing.dagbag import DagBag
 
     if str(DAGS) not in sys.path:  # what Airflow's bundle loader does for the DAG folder
@@ -35,7 +33,7 @@ def dagbag(airflow_home: Path):  # noqa: F811
 
 
 @pytest.fixture
-def conns(airflow_home: Path, fresh_db: str, s3_server, s3_bucket: str,  # noqa: F811
+def conns(airflow_home: Path, fresh_db: str, s3_server, s3_bucket: str,
           monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """This test's own database (row counts mean something) and bucket."""
     return set_connections(monkeypatch, db_url=fresh_db, s3_env=s3_server.env(),
@@ -81,7 +79,7 @@ def test_screening_dag_shape(dagbag) -> None:
 
 
 def test_dag_run_persists_findings_and_a_rerun_leaves_the_same_rows(
-    dagbag, conns: dict[str, str], synth_small: Path, tiny_model: Path,  # noqa: F811
+    dagbag, conns: dict[str, str], synth_small: Path, tiny_model: Path,
 ) -> None:
     from bloodnet_ops import PREPROCESSING_VERSION
     from bloodnet_ops.screening import night_run_id
@@ -144,7 +142,7 @@ def test_dag_run_persists_findings_and_a_rerun_leaves_the_same_rows(
 
 
 def test_dag_run_with_a_corrupt_study_quarantines_it_and_scores_the_rest(
-    dagbag, conns: dict[str, str], synth_small: Path, tiny_model: Path,  # noqa: F811
+    dagbag, conns: dict[str, str], synth_small: Path, tiny_model: Path,
 ) -> None:
     from bloodnet_ops.screening import night_run_id
     from bloodnet_ops.storage import s3_client

@@ -1,4 +1,4 @@
-# ruff: noqa: F811  (pytest fixtures imported from helper modules are redefined as arguments)
+
 """The dashboards over a real PostgreSQL: auth (standalone and inside Airflow), page numbers against
 the database, filters, sorting and paging, escaping, no PHI, read-only access, the views.
 
@@ -21,8 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from airflow_env import airflow_home  # noqa: F401  (fixture; sets Airflow's env before import)
-from dashboard_fixtures import REPO, TOKEN, DashboardDB, dashboard_db, free_port  # noqa: F401
+from dashboard_fixtures import REPO, TOKEN, DashboardDB, free_port
 from sqlalchemy import create_engine, text
 
 try:
@@ -517,7 +516,7 @@ def test_aggregate_views_equal_the_rows_they_sum(dashboard_db: DashboardDB, view
 
 
 def test_views_apply_idempotently_and_are_granted_to_the_reader(dashboard_db) -> None:
-    from bloodnet_ops.dashboard.views import apply_views, view_names
+    from bloodnet_ops.db.views import apply_views, view_names
 
     assert apply_views(dashboard_db.url) == view_names()
     engine = create_engine(dashboard_db.url)

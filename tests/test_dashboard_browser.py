@@ -1,4 +1,4 @@
-# ruff: noqa: F811  (pytest fixtures imported from helper modules are redefined as arguments)
+
 """The dashboards in a real headless Chromium (Debian's ``chromium`` + ``chromedriver``, Selenium).
 
 Each page loads with a clean console, every Plotly chart is drawn with data points, the chart data
@@ -22,16 +22,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from airflow_env import airflow_home  # noqa: F401  (fixture)
-from dashboard_fixtures import (  # noqa: F401  (fixtures)
+from dashboard_fixtures import (
     REPO,
     SCREENSHOTS,
     TOKEN,
     DashboardDB,
     LiveServer,
-    dashboard_db,
     free_port,
-    live_dashboard,
 )
 from sqlalchemy import create_engine, text
 

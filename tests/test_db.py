@@ -776,7 +776,7 @@ def _seed_at_0002(url: str) -> None:
 def test_migration_backfills_sites_and_rollups_and_reverses_under_the_views(
     rollup_db: str,
 ) -> None:
-    from bloodnet_ops.dashboard.views import apply_views
+    from bloodnet_ops.db.views import apply_views
 
     migrate(rollup_db, "0002_audit_drift")
     _seed_at_0002(rollup_db)
@@ -820,7 +820,7 @@ def test_migration_backfills_sites_and_rollups_and_reverses_under_the_views(
 
 
 def test_rollups_stay_exact_through_every_kind_of_write(rollup_db: str) -> None:
-    from bloodnet_ops.dashboard.views import apply_views
+    from bloodnet_ops.db.views import apply_views
 
     migrate(rollup_db)
     apply_sql(rollup_db, SQL_DIR / "retention.sql")

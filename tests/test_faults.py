@@ -32,16 +32,14 @@ from pathlib import Path
 from typing import Self
 
 import pytest
-from airflow_env import DAGS, airflow_home, set_connections  # noqa: F401 - fixture
+from airflow_env import DAGS, set_connections
 from faultproxy import FaultPlan, FaultProxy, reads_only
-from screening_fixtures import (  # noqa: F401 - fixtures
+from screening_fixtures import (
     STABLE_TABLES,
     copy_studies,
     counts,
-    fresh_db,
     labels,
     query,
-    tiny_model,
     upload_studies,
 )
 
@@ -94,7 +92,7 @@ def snapshot(db_url: str) -> Snapshot:
 
 
 @pytest.fixture(scope="module")
-def reference(night: Path, tiny_model: Path, pg_server_url: str,  # noqa: F811
+def reference(night: Path, tiny_model: Path, pg_server_url: str,
               tmp_path_factory: pytest.TempPathFactory) -> Snapshot:
     """One clean ``screen`` of the night (a local copy, no faults) in its own database."""
     from bloodnet_ops.db.session import migrate
@@ -217,8 +215,8 @@ def _fresh_dag():
 
 
 def test_s3_killed_mid_validation_and_restarted_the_night_completes_unchanged(
-    own_s3, night: Path, fresh_db: str, tiny_model: Path, reference: Snapshot,  # noqa: F811
-    airflow_home: Path, monkeypatch: pytest.MonkeyPatch, own_boto3_session: None,  # noqa: F811
+    own_s3, night: Path, fresh_db: str, tiny_model: Path, reference: Snapshot,
+    airflow_home: Path, monkeypatch: pytest.MonkeyPatch, own_boto3_session: None,
 ) -> None:
     """The nightly DAG against a SeaweedFS that dies during header validation.
 
@@ -389,7 +387,7 @@ class WriterTerminator:
 
 
 def test_postgres_terminates_the_writers_mid_write_and_the_retries_give_a_clean_nights_rows(
-    night: Path, fresh_db: str, pg_server_url: str, tiny_model: Path,  # noqa: F811
+    night: Path, fresh_db: str, pg_server_url: str, tiny_model: Path,
     reference: Snapshot, tmp_path: Path,
 ) -> None:
     from sqlalchemy import make_url
@@ -421,7 +419,7 @@ print(json.dumps(screening.infer_batch(source, db, json.loads(uids), run_id, mod
 
 
 def test_worker_killed_mid_batch_then_the_task_retry_gives_the_same_rows(
-    night: Path, fresh_db: str, tiny_model: Path, reference: Snapshot,  # noqa: F811
+    night: Path, fresh_db: str, tiny_model: Path, reference: Snapshot,
     tmp_path: Path,
 ) -> None:
     folder = copy_studies(night, tmp_path / "night")
@@ -468,7 +466,7 @@ def test_worker_killed_mid_batch_then_the_task_retry_gives_the_same_rows(
 
 
 def test_throttling_and_5xx_from_the_store_are_retried_with_backoff(
-    s3_server, s3_bucket: str, night: Path, fresh_db: str, tiny_model: Path,  # noqa: F811
+    s3_server, s3_bucket: str, night: Path, fresh_db: str, tiny_model: Path,
     reference: Snapshot, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     n_objects = upload_studies(night, s3_bucket, "in")
@@ -494,7 +492,7 @@ def test_throttling_and_5xx_from_the_store_are_retried_with_backoff(
 
 
 def test_a_store_that_stays_down_fails_the_step_instead_of_quarantining_good_data(
-    s3_server, s3_bucket: str, night: Path, fresh_db: str,  # noqa: F811
+    s3_server, s3_bucket: str, night: Path, fresh_db: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from botocore.exceptions import ClientError
@@ -533,7 +531,7 @@ def _volumes(night: Path) -> list[tuple[str, str, object]]:
 
 
 def test_device_oom_halves_the_batch_and_the_findings_do_not_change(
-    night: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+    night: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """CUDA OOM cannot happen on this CPU-only machine: a wrapper around the slice model's
     forward raises ``torch.OutOfMemoryError`` for batches above 8 slices, as a small GPU would."""
@@ -571,7 +569,7 @@ def test_device_oom_halves_the_batch_and_the_findings_do_not_change(
 
 
 def test_a_series_too_large_to_hold_is_rejected_with_a_reason_and_the_night_goes_on(
-    night: Path, fresh_db: str, tiny_model: Path, tmp_path: Path,  # noqa: F811
+    night: Path, fresh_db: str, tiny_model: Path, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Host memory runs out preparing the largest series (simulated: ``MemoryError`` from the

@@ -29,11 +29,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from airflow_env import DAGS, airflow_home, set_connections  # noqa: F401 - fixture
-from screening_fixtures import (  # noqa: F401 - fixtures
-    fresh_db,
+from airflow_env import DAGS, set_connections
+from screening_fixtures import (
     query,
-    tiny_model,
     upload_studies,
 )
 
@@ -134,7 +132,7 @@ def _results_db_text(db_url: str) -> dict[str, str]:
 
 
 def test_a_night_leaves_no_phi_in_logs_xcom_task_names_tables_or_pages(
-    phi_night: Path, fresh_db: str, tiny_model: Path, airflow_home: Path,  # noqa: F811
+    phi_night: Path, fresh_db: str, tiny_model: Path, airflow_home: Path,
     s3_server, s3_bucket: str, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -223,7 +221,7 @@ def _dashboard_leaks(db_url: str, secrets: set[str]) -> dict[str, list[str]]:
     from fastapi.testclient import TestClient
 
     from bloodnet_ops.dashboard.app import create_app
-    from bloodnet_ops.dashboard.views import apply_views
+    from bloodnet_ops.db.views import apply_views
 
     apply_views(db_url)
     ((night,),) = query(db_url, "SELECT min(started_at)::date FROM inference_runs")

@@ -11,14 +11,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from screening_fixtures import (  # noqa: F401 - fixtures
+from screening_fixtures import (
     STABLE_TABLES,
     copy_studies,
     counts,
-    fresh_db,
     labels,
     query,
-    tiny_model,
     upload_studies,
 )
 
@@ -26,7 +24,7 @@ from bloodnet_ops import PREPROCESSING_VERSION, screening
 
 
 def test_bloodnet_screen_on_a_local_folder(
-    tmp_path: Path, fresh_db: str, synth_small: Path, tiny_model: Path,  # noqa: F811
+    tmp_path: Path, fresh_db: str, synth_small: Path, tiny_model: Path,
 ) -> None:
     from typer.testing import CliRunner
 
@@ -87,7 +85,7 @@ def test_bloodnet_screen_on_a_local_folder(
 
 
 def test_rerunning_a_run_id_redoes_it_with_identical_rows(
-    fresh_db: str, s3_bucket: str, synth_small: Path, tiny_model: Path,  # noqa: F811
+    fresh_db: str, s3_bucket: str, synth_small: Path, tiny_model: Path,
 ) -> None:
     upload_studies(synth_small, s3_bucket, "in")
     source = f"s3://{s3_bucket}/in"
@@ -118,7 +116,7 @@ def test_rerunning_a_run_id_redoes_it_with_identical_rows(
 
 
 def test_a_study_that_breaks_after_validation_is_quarantined_and_the_batch_goes_on(
-    fresh_db: str, s3_bucket: str, synth_small: Path, tiny_model: Path,  # noqa: F811
+    fresh_db: str, s3_bucket: str, synth_small: Path, tiny_model: Path,
 ) -> None:
     from bloodnet_ops.storage import s3_client
 
@@ -151,7 +149,7 @@ def test_a_study_that_breaks_after_validation_is_quarantined_and_the_batch_goes_
 
 
 def test_backfill_by_prefix_and_site_leaves_the_rest_pending(
-    fresh_db: str, s3_bucket: str, synth_small: Path, tiny_model: Path,  # noqa: F811
+    fresh_db: str, s3_bucket: str, synth_small: Path, tiny_model: Path,
 ) -> None:
     upload_studies(synth_small, s3_bucket, "in")
     source = f"s3://{s3_bucket}/in"
@@ -240,7 +238,7 @@ def _middle_slice(folder: Path, study_uid: str, series_uid: str, site: str) -> P
 
 
 def test_validation_in_partitions_records_the_rows_of_one_pass(
-    tmp_path: Path, fresh_db: str, synth_small: Path, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+    tmp_path: Path, fresh_db: str, synth_small: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A night validated in partitions of ~1 study (headers spilled to disk, each part recorded
     before the next is built) writes the same rows as one in-memory pass; then one new slice of
@@ -286,7 +284,7 @@ def test_validation_in_partitions_records_the_rows_of_one_pass(
 
 
 def test_a_run_that_fails_is_closed_as_failed_not_left_running(
-    tmp_path: Path, fresh_db: str, synth_small: Path,  # noqa: F811
+    tmp_path: Path, fresh_db: str, synth_small: Path,
 ) -> None:
     """Inference fails for good (here: the weights are missing). ``screen`` re-raises, and the
     run's ``inference_runs`` row is closed as ``failed`` with its finish time, the counts so far

@@ -1,6 +1,6 @@
 """The ``bloodnet`` command line. Each submodule registers one family of commands and owns it:
 
-- ``cli/data.py``       validate
+- ``cli/data.py``       validate, migrate
 - ``cli/modelcmd.py``   train, eval, ablation, predict
 - ``cli/screen.py``     screen, demo
 - ``cli/analytics.py``  audit, adjudicate, drift
@@ -36,16 +36,42 @@ def _setup_logging() -> None:
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # plugin and migration chatter
 
 
 for _name in _FAMILIES:
-    try:
-        importlib.import_module(f"bloodnet_ops.cli.{_name}").register(app)
-    except ModuleNotFoundError as exc:  # a family not written yet must not break the others
-        if exc.name != f"bloodnet_ops.cli.{_name}":
-            raise
+    importlib.import_module(f"bloodnet_ops.cli.{_name}").register(app)
 
 
 def main() -> None:
+    """Run a command; an expected failure prints two lines (see :mod:`bloodnet_ops.errors`)."""
+    try:  # typer >= 0.25 ships its own copy of click
+        from typer._click import exceptions as cx
+    except ImportError:  # pragma: no cover
+        from click import exceptions as cx
+
+    from bloodnet_ops.errors import explain
+
     _setup_logging()
-    app()
+    try:
+        code = app(standalone_mode=False)  # an explicit exit (--help included) returns its code
+    except typer.Abort:
+        sys.stderr.write("aborted\n")
+        code = 1
+    except cx.NoArgsIsHelpError as exc:
+        sys.stdout.write(exc.ctx.get_help() + "\n")
+        code = 2
+    except cx.UsageError as exc:  # a bad argument: the message, and where the help is
+        command = exc.ctx.command_path if exc.ctx is not None else "bloodnet"
+        sys.stderr.write(f"error: {exc.format_message()}\n  see '{command} --help'\n")
+        code = exc.exit_code
+    except cx.ClickException as exc:
+        sys.stderr.write(f"error: {exc.format_message()}\n")
+        code = exc.exit_code
+    except Exception as exc:
+        known = explain(exc)
+        if known is None:
+            raise
+        sys.stderr.write("\n".join(known.lines()) + "\n")
+        code = known.code
+    sys.exit(code if isinstance(code, int) else 0)

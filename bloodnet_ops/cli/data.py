@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from bloodnet_ops.cli._common import emit_json
+from bloodnet_ops.cli._common import check_database, emit_json, open_checked
 
 log = logging.getLogger("bloodnet.cli.data")
 
@@ -34,14 +34,11 @@ def validate(
     from bloodnet_ops.headers import quiet_pydicom
     from bloodnet_ops.pipeline import validate_source
     from bloodnet_ops.records import unreadable_contract
-    from bloodnet_ops.storage import open_source
 
     quiet_pydicom()
-    try:
-        src = open_source(source)
-    except (FileNotFoundError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+    src = open_checked(source)
+    if db:
+        check_database(db)
     if json_out:
         report = validate_source(src, hu_check=hu, workers=workers)
     else:
@@ -113,5 +110,26 @@ def _print_summary(report) -> None:
         console.print("unreadable: " + "; ".join(f"{k} ({v})" for k, v in details.most_common()))
 
 
+def migrate(
+    db: Annotated[str, typer.Option("--db", help="Results database URL (postgresql://...).",
+                                    envvar="BLOODNET_DATABASE_URL")],
+    roles: Annotated[bool, typer.Option(
+        help="Also create the least-privilege roles and grants (sql/roles.sql; superuser).")
+                     ] = False,
+) -> None:
+    """Build or upgrade the results database: every table and every dashboard view."""
+    from bloodnet_ops.db.session import apply_sql, current_revision
+    from bloodnet_ops.db.session import migrate as migrate_db
+    from bloodnet_ops.resources import sql_file
+
+    check_database(db)
+    migrate_db(db)
+    if roles:
+        apply_sql(db, sql_file("roles.sql"))
+    typer.echo(f"results database at revision {current_revision(db)}"
+               f"{' with roles' if roles else ''}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("validate")(validate)
+    app.command("migrate")(migrate)

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from bloodnet_ops.cli._common import emit_json
+from bloodnet_ops.cli._common import check_model, emit_json, open_checked
 
 log = logging.getLogger("bloodnet.model")
 
@@ -229,9 +229,9 @@ def predict_source(source_uri: str, model: Path | None = None, device: str | Non
     from bloodnet_ops.pipeline import validate_source
     from bloodnet_ops.reasons import Reason, Verdict
     from bloodnet_ops.records import unreadable_contract
-    from bloodnet_ops.storage import open_source
 
-    src = open_source(source_uri)
+    src = open_checked(source_uri)
+    model = check_model(model)
     report = validate_source(src)
     accepted = [s for s in report.studies if s.verdict != Verdict.REJECT and s.series_uid]
     findings: dict[str, Any] = {}
@@ -336,9 +336,9 @@ def explain(
     from bloodnet_ops.model.predictor import Predictor
     from bloodnet_ops.pipeline import validate_source
     from bloodnet_ops.reasons import Verdict
-    from bloodnet_ops.storage import open_source
 
-    src = open_source(source)
+    src = open_checked(source)
+    model = check_model(model)
     report = validate_source(src)
     accepted = [s for s in report.studies if s.verdict != Verdict.REJECT and s.series_uid]
     if only:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from bloodnet_ops.cli._common import emit_json
+from bloodnet_ops.cli._common import check_database, check_model, emit_json, open_checked
 
 log = logging.getLogger("bloodnet.cli.screen")
 
@@ -35,6 +35,10 @@ def screen(
     from bloodnet_ops import screening
     from bloodnet_ops.db.session import migrate as migrate_db
 
+    if not source.startswith("file://"):
+        open_checked(source)
+    model = str(check_model(model))
+    check_database(db)
     if migrate:
         migrate_db(db)
     summary = screening.screen(

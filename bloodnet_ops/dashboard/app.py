@@ -12,6 +12,7 @@ import datetime as dt
 import gzip
 import hashlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -64,6 +65,23 @@ OptionalDate = Annotated[dt.date | None, BeforeValidator(_blank_to_none)]
 OptionalText = Annotated[str | None, BeforeValidator(_blank_to_none)]
 
 MSG_DB_UNAVAILABLE = "The results database did not answer; the dashboards cannot be shown now."
+MSG_SCHEMA_MISSING = ("The results database has no BloodNet views or tables ({name} is missing): "
+                      "run `bloodnet migrate --db URL` against it, then reload.")
+MSG_NO_PERMISSION = ("The dashboard's database user may not read {name}: grant it the "
+                     "bloodnet_reader role (sql/roles.sql).")
+
+
+def query_failure_message(exc: DBAPIError) -> str:
+    """What a failed page query tells the reader: the real cause, not always "did not answer"."""
+    code = getattr(exc.orig, "pgcode", None)
+    text_ = str(exc.orig or exc)
+    found = re.search(r'relation "([^"]+)"', text_) or re.search(r"function ([a-z_0-9]+)", text_)
+    name = found.group(1) if found else "a view"
+    if code in {"42P01", "42883"}:  # undefined_table, undefined_function
+        return MSG_SCHEMA_MISSING.format(name=name)
+    if code == "42501":  # insufficient_privilege
+        return MSG_NO_PERMISSION.format(name=name)
+    return MSG_DB_UNAVAILABLE
 
 
 @cache
@@ -194,8 +212,9 @@ def create_app(
 
     @app.exception_handler(DBAPIError)
     async def db_unavailable(_: Request, exc: DBAPIError) -> Response:
-        log.error("dashboard query failed: %s", type(exc.orig).__name__ if exc.orig else exc)
-        return PlainTextResponse(MSG_DB_UNAVAILABLE, status_code=503)
+        cause = type(exc.orig).__name__ if exc.orig else type(exc).__name__
+        log.error("dashboard query failed: %s", cause)
+        return PlainTextResponse(query_failure_message(exc), status_code=503)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> PlainTextResponse:

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from sqlalchemy import Engine, create_engine, make_url
+from sqlalchemy import Engine, create_engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -159,6 +159,3 @@ def apply_sql(url: str, path: str | Path) -> None:
     finally:
         engine.dispose()
 
-
-def database_name(url: str) -> str:
-    return make_url(normalise_url(url)).database or ""

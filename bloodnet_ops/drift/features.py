@@ -7,7 +7,7 @@ of the monitored model version (probability, decision).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 
@@ -132,6 +132,3 @@ def load_points(
         ))
     return points
 
-
-def nights_of(points: Sequence[StudyPoint]) -> list[date]:
-    return sorted({p.night for p in points})

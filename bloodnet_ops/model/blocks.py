@@ -123,11 +123,6 @@ def seg_stats(prob: torch.Tensor, *, topk_frac: float = 1 / 512) -> torch.Tensor
     )
 
 
-def topk_mean(prob: torch.Tensor, *, topk_frac: float = 1 / 512) -> torch.Tensor:
-    """Mean of the top-k pixels of (N, 1, H, W) → (N,)."""
-    return seg_stats(prob, topk_frac=topk_frac)[:, 0]
-
-
 class MLP(nn.Sequential):
     """Linear → ReLU → Dropout → Linear."""
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from bloodnet_ops import PREPROCESSING_VERSION
+from bloodnet_ops.errors import UserError
 from bloodnet_ops.model.net import ModelConfig, SliceModel, get_model
 from bloodnet_ops.model.windows import N_CHANNELS, WINDOWS
 
@@ -113,9 +114,14 @@ class LoadedModel:
         return f"bloodnet-{self.model.variant}-{self.weights_sha256[:8]}"
 
 
+class ModelFileError(UserError, ValueError):
+    """The model file exists but cannot be used: unreadable, damaged, or for other code."""
+
+
 def _expect(name: str, expected: Any, got: Any) -> None:
     if expected != got:
-        raise ValueError(f"checkpoint {name}: expected {expected!r}, got {got!r}")
+        raise ModelFileError(f"checkpoint {name}: expected {expected!r}, got {got!r}",
+                             "the file is damaged or was written for another version of the code")
 
 
 def load_checkpoint(path: Path, *, variant: str | None = None) -> LoadedModel:
@@ -123,7 +129,15 @@ def load_checkpoint(path: Path, *, variant: str | None = None) -> LoadedModel:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model checkpoint not found: {path}")
-    doc = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        doc = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, not a torch file, or pickled objects we refuse
+        raise ModelFileError(f"model file {path} is not a readable checkpoint "
+                             f"({type(exc).__name__})",
+                             "copy models/bloodnet.pt again or pass --model with a good one") from exc
+    if not isinstance(doc, dict) or "state_dict" not in doc:
+        raise ModelFileError(f"model file {path} holds no BloodNet checkpoint",
+                             "pass --model with a checkpoint written by `bloodnet train`")
     _expect("preprocessing_version", PREPROCESSING_VERSION, doc.get("preprocessing_version"))
     _expect("in_channels", N_CHANNELS, doc.get("in_channels"))
     _expect("windows", [(w.name, w.centre, w.width) for w in WINDOWS],

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from bloodnet_ops.model.net import SliceModel
-from bloodnet_ops.model.windows import context_stack, window_stack
+from bloodnet_ops.model.windows import window_stack
 
 #: A prepared voxel counts as blood for volumes when its probability reaches this.
 BLOOD_PROB = 0.5
@@ -71,19 +71,6 @@ def forward_slices(model: SliceModel, hu_triplets: torch.Tensor, device: torch.d
             sub = torch.sigmoid(out.seg_logits[:, 1:].float()).half().cpu().numpy()
     return SliceBatchResult(out.slice_logit.float().cpu().numpy(),
                             out.embedding.float().cpu().numpy(), blood, sub)
-
-
-def run_volume(model: SliceModel, hu_slabs: np.ndarray, device: torch.device, *,
-               batch_size: int = 32) -> SliceBatchResult:
-    """All slices of one prepared volume (z, S, S) in HU, in batches."""
-    parts = []
-    z = hu_slabs.shape[0]
-    for start in range(0, z, batch_size):
-        idx = np.arange(start, min(z, start + batch_size))
-        parts.append(forward_slices(model, context_stack(hu_slabs, idx), device))
-    blood = None if parts[0].blood is None else np.concatenate([p.blood for p in parts])
-    return SliceBatchResult(np.concatenate([p.logits for p in parts]),
-                            np.concatenate([p.emb for p in parts]), blood, None)
 
 
 @torch.no_grad()

@@ -41,11 +41,12 @@ from bloodnet_ops.model.net import SUBTYPES
 from bloodnet_ops.model.prep import PreparedVolume, prepare_volume, to_native
 from bloodnet_ops.model.windows import context_stack
 from bloodnet_ops.records import StudyFinding
+from bloodnet_ops.resources import released_model
 
 log = logging.getLogger(__name__)
 
 #: The shipped weights, relative to the repository root.
-DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "bloodnet.pt"
+DEFAULT_MODEL = released_model()
 _DONE = object()
 
 
@@ -110,12 +111,19 @@ class Predictor:
     # -- public API -------------------------------------------------------------------------
     def predict(self, items: Iterable[tuple[str, str, Any]]) -> list[StudyFinding]:
         """Findings for ``(study_uid, series_uid, HUVolume)`` items, in input order."""
-        return [f for f, _ in self._run(items, keep_masks=False)]
+        return [f for f, _ in self.predict_iter(items)]
+
+    def predict_iter(self, items: Iterable[tuple[str, str, Any]], *, keep_masks: bool = False
+                     ) -> Iterator[tuple[StudyFinding, np.ndarray | None]]:
+        """``(finding, blood probability (z, y, x) or None)`` per item, in input order, each as
+        soon as its last slab is scored: volumes are loaded on a thread ahead of the device
+        (``prefetch``) and ``items`` is consumed lazily, so a night never sits in memory."""
+        return self._run(items, keep_masks=keep_masks)
 
     def predict_masks(self, items: Iterable[tuple[str, str, Any]]
                       ) -> tuple[list[StudyFinding], list[np.ndarray]]:
         """Findings plus the blood probability (z, y, x) float32 on each volume's native grid."""
-        pairs = list(self._run(items, keep_masks=True))
+        pairs = list(self.predict_iter(items, keep_masks=True))
         return [f for f, _ in pairs], [m for _, m in pairs]
 
     # -- loading thread ---------------------------------------------------------------------

@@ -75,6 +75,14 @@ def _run(connection) -> None:
         # must not both create the same tables: the second waits, then finds nothing to do.
         connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_ID})
         context.run_migrations()
+        # The views of sql/views.sql are part of the schema at head: re-applied (CREATE OR
+        # REPLACE) after every upgrade to head, in the same transaction, like a repeatable
+        # migration. A downgrade leaves them to the older code.
+        heads = set(context.script.get_heads())
+        if heads and set(context.get_context().get_current_heads()) == heads:
+            from bloodnet_ops.db.views import apply_views_conn
+
+            apply_views_conn(connection)
 
 
 if context.is_offline_mode():

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 import re
-from pathlib import Path
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection
 
+from bloodnet_ops.resources import sql_file
+
 log = logging.getLogger(__name__)
 
-VIEWS_SQL = Path(__file__).resolve().parents[2] / "sql" / "views.sql"
+VIEWS_SQL = sql_file("views.sql")
 READER_ROLE = "bloodnet_reader"
 _ADVISORY_LOCK = 0x626C6F6F64  # "blood": concurrent CREATE OR REPLACE VIEW would otherwise collide
 _VIEW_NAME = re.compile(r"CREATE\s+OR\s+REPLACE\s+VIEW\s+([a-z_][a-z0-9_]*)", re.IGNORECASE)

@@ -1,0 +1,5 @@
+"""``python -m bloodnet_ops.cli``: the same as the ``bloodnet`` script."""
+
+from bloodnet_ops.cli import main
+
+main()
