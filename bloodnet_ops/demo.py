@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bloodnet_ops.settings import current
+
 log = logging.getLogger(__name__)
 
 SCREENING_DAG = "bloodnet_nightly_screening"
@@ -211,7 +213,7 @@ def start_services(out: Path) -> DemoServices:
     _stop_kept(out)
     started: list[str] = []
     pg = None
-    server_url = os.environ.get("BLOODNET_DATABASE_URL") or services.local_postgres_url()
+    server_url = current().database_url or services.local_postgres_url()
     if server_url:
         from bloodnet_ops.db.session import normalise_url
 
@@ -240,7 +242,7 @@ def generate_and_upload(out: Path, *, studies: int, sites: int, seed: int, matri
     removed locally; the reads go to ``reads/`` (outside the scanned prefix); labels, masks and
     the fault list stay in ``<out>/data``."""
     from bloodnet_ops import synth
-    from bloodnet_ops.storage import s3_client, upload_folder
+    from bloodnet_ops.storage import S3Config, s3_client, upload_folder
 
     data = out / "data"
     shutil.rmtree(data, ignore_errors=True)
@@ -248,29 +250,22 @@ def generate_and_upload(out: Path, *, studies: int, sites: int, seed: int, matri
     summary = synth.generate_dataset(data, studies=studies, sites=sites, seed=seed,
                                      matrix=matrix, fault_rate=FAULT_RATE)
     gen_s = time.perf_counter() - t0
-    saved = {k: os.environ.get(k) for k in s3_env}
-    os.environ.update(s3_env)
-    try:
-        t0 = time.perf_counter()
-        n = 0
-        for site_dir in sorted(p for p in data.iterdir() if p.is_dir() and p.name != "masks"):
-            n += upload_folder(site_dir, DEMO_BUCKET, f"{INCOMING}/{site_dir.name}")
-            shutil.rmtree(site_dir)  # the bucket holds them now; halves the demo's disk use
-        extra = sorted(p for p in data.iterdir() if p.is_file() and p.suffix == ".dcm")
-        if extra:  # stray objects at the top level (faults) belong to the night too
-            client = s3_client()
-            for p in extra:
-                client.upload_file(str(p), DEMO_BUCKET, f"{INCOMING}/{p.name}")
-                n += 1
-        if (data / "reads.csv").exists():
-            s3_client().upload_file(str(data / "reads.csv"), DEMO_BUCKET, READS_KEY)
-        up_s = time.perf_counter() - t0
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    config = S3Config(endpoint=s3_env.get("BLOODNET_S3_ENDPOINT"),
+                      access_key=s3_env.get("AWS_ACCESS_KEY_ID"),
+                      secret_key=s3_env.get("AWS_SECRET_ACCESS_KEY"),
+                      region=s3_env.get("AWS_DEFAULT_REGION"))
+    t0 = time.perf_counter()
+    n = 0
+    for site_dir in sorted(p for p in data.iterdir() if p.is_dir() and p.name != "masks"):
+        n += upload_folder(site_dir, DEMO_BUCKET, f"{INCOMING}/{site_dir.name}", config=config)
+        shutil.rmtree(site_dir)  # the bucket holds them now; halves the demo's disk use
+    client = s3_client(config=config)
+    for p in sorted(p for p in data.iterdir() if p.is_file() and p.suffix == ".dcm"):
+        client.upload_file(str(p), DEMO_BUCKET, f"{INCOMING}/{p.name}")  # top-level faults
+        n += 1
+    if (data / "reads.csv").exists():
+        client.upload_file(str(data / "reads.csv"), DEMO_BUCKET, READS_KEY)
+    up_s = time.perf_counter() - t0
     return {"summary": summary, "objects": n, "generate_s": gen_s, "upload_s": up_s,
             "data": data}
 
@@ -409,9 +404,9 @@ def format_report(rep: dict[str, Any], *, db_url: str, outputs_uri: str,
 def _default_model() -> Path:
     """The weights the DAG will load (``$BLOODNET_MODEL`` or ``models/bloodnet.pt``), found
     without importing torch."""
-    env = os.environ.get("BLOODNET_MODEL")
     from bloodnet_ops.resources import released_model
 
+    env = current().model
     return Path(env) if env else released_model()
 
 

@@ -44,7 +44,9 @@ def safe_url(url: str) -> str:
 
 
 def _endpoint() -> str:
-    return os.environ.get("BLOODNET_S3_ENDPOINT") or "AWS S3 (BLOODNET_S3_ENDPOINT not set)"
+    from bloodnet_ops.settings import current
+
+    return current().s3_endpoint or "AWS S3 (BLOODNET_S3_ENDPOINT not set)"
 
 
 def _s3(exc: BaseException) -> UserError | None:

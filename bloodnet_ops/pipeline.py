@@ -400,12 +400,9 @@ def max_series_voxels() -> int:
     """The largest series (slices x rows x columns) that is loaded: ``BLOODNET_MAX_SERIES_VOXELS``,
     default :data:`DEFAULT_MAX_SERIES_VOXELS`. A larger one is rejected (``pixel_decode_failed``,
     with a detail that says so) instead of exhausting the worker's memory."""
-    text = os.environ.get(MAX_VOXELS_ENV, "").strip()
-    try:
-        return int(float(text)) if text else DEFAULT_MAX_SERIES_VOXELS
-    except ValueError:
-        log.warning("ignoring %s=%r (not a number)", MAX_VOXELS_ENV, text)
-        return DEFAULT_MAX_SERIES_VOXELS
+    from bloodnet_ops.settings import current
+
+    return current().max_series_voxels
 
 
 def too_large_detail(voxels: int | None, limit: int, *, oom: bool = False) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +29,9 @@ _warned = False
 
 def _key() -> bytes:
     global _warned
-    key = os.environ.get(ENV_KEY, "")
+    from bloodnet_ops.settings import current
+
+    key = current().pseudonym_key
     if not key:
         if not _warned:
             log.warning("%s is unset: using the development pseudonym key", ENV_KEY)

@@ -37,7 +37,7 @@ from sqlalchemy import Engine, and_, func, select, update
 from bloodnet_ops import PREPROCESSING_VERSION
 from bloodnet_ops.reasons import Reason, Verdict
 from bloodnet_ops.records import ObjectRef, StudyResult, ValidationReport
-from bloodnet_ops.storage import LocalSource, S3Source, open_source
+from bloodnet_ops.storage import LocalSource, S3Config, S3Source, open_source
 
 log = logging.getLogger(__name__)
 
@@ -153,13 +153,14 @@ def _excluded_prefix(source_uri: str, output_uri: str | None) -> str | None:
     return None
 
 
-def open_uri(uri: str, *, create: bool = False) -> LocalSource | S3Source:
+def open_uri(uri: str, *, create: bool = False, s3: S3Config | None = None
+             ) -> LocalSource | S3Source:
     """:func:`open_source` that also takes ``file://`` URIs (what :class:`LocalSource` reports as
     its ``uri``) and, with ``create``, makes a missing output folder."""
     from pathlib import Path
 
     if uri.startswith("s3://"):
-        return open_source(uri)
+        return open_source(uri, s3=s3)
     path = Path(uri.removeprefix("file://"))
     if create:
         path.mkdir(parents=True, exist_ok=True)
@@ -174,8 +175,7 @@ def _list(source: LocalSource | S3Source, prefix: str | None) -> Iterator[Object
         yield from source.list()
         return
     if isinstance(source, S3Source):
-        sub = S3Source(source.bucket, f"{source.prefix}/{prefix}".strip("/"), source.endpoint)
-        for ref in sub.list():  # listing only the prefix: a backfill never lists the whole bucket
+        for ref in source.sub(prefix).list():  # listing only the prefix: a backfill never lists the whole bucket
             yield ObjectRef(f"{prefix}/{ref.key}", ref.etag, ref.size)
         return
     folder = source.root / prefix
@@ -233,6 +233,7 @@ def discover(
     rescan: bool = False,
     output_uri: str | None = None,
     dag_run_id: str | None = None,
+    s3: S3Config | None = None,
 ) -> DiscoveryResult:
     """List the source and enter new or changed objects in the manifest as ``pending``.
 
@@ -246,7 +247,7 @@ def discover(
 
     t0 = time.perf_counter()
     run_id = run_id or new_run_id()
-    source = open_uri(source_uri)
+    source = open_uri(source_uri, s3=s3)
     engine = _engine(db_url)
     skip = _excluded_prefix(source.uri, output_uri)
     t = _objects_table()
@@ -288,6 +289,7 @@ def validate_and_record(
     site: str | None = None,
     date_from: str | date | None = None,
     date_to: str | date | None = None,
+    s3: S3Config | None = None,
 ) -> ValidationSummary:
     """Validate the pending objects (headers first, then HU of the selected series) and record
     verdicts, expectation outcomes, quarantine and the manifest for ``run_id``.
@@ -300,7 +302,7 @@ def validate_and_record(
     from bloodnet_ops.db import repo
 
     t0 = time.perf_counter()
-    source = open_uri(source_uri)
+    source = open_uri(source_uri, s3=s3)
     engine = _engine(db_url)
     lo, hi = _parse_date(date_from), _parse_date(date_to)
     total = repo.count_pending(engine, source.uri, prefix)
@@ -576,6 +578,7 @@ def infer_batch(
     *,
     output_uri: str | None = None,
     write_dicom: bool = True,
+    s3: S3Config | None = None,
 ) -> dict[str, Any]:
     """Score one batch of studies and upsert their findings with provenance.
 
@@ -588,7 +591,7 @@ def infer_batch(
     from bloodnet_ops.db import repo
 
     t0 = time.perf_counter()
-    source = open_uri(source_uri)
+    source = open_uri(source_uri, s3=s3)
     engine = _engine(db_url)
     studies, refs = _studies_for(source, db_url, study_uids)
     missing = set(study_uids) - {s.study_uid for s in studies}
@@ -601,7 +604,7 @@ def infer_batch(
     )
     sink = None
     if write_dicom:
-        sink = open_uri(output_uri or default_output_uri(source.uri), create=True)
+        sink = open_uri(output_uri or default_output_uri(source.uri), create=True, s3=s3)
     rows: list[repo.FindingRow] = []
     failed: list[Failure] = []
     load_s = infer_s = write_s = 0.0
@@ -797,13 +800,15 @@ def screen(
     run_id: str | None = None,
     write_dicom: bool = True,
     progress: bool = False,
+    s3: S3Config | None = None,
 ) -> RunSummary:
     """The nightly job without Airflow (``bloodnet screen``): the same functions, in order."""
     found = discover(source_uri, db_url, prefix=prefix, run_id=run_id, rescan=rescan,
-                     output_uri=output_uri)
+                     output_uri=output_uri, s3=s3)
     bar = None
     try:
-        validate_and_record(found.source_uri, db_url, found.run_id, prefix=prefix, site=site)
+        validate_and_record(found.source_uri, db_url, found.run_id, prefix=prefix, site=site,
+                            s3=s3)
         batches = plan_batches(db_url, found.run_id, batch_size)
         counts = []
         if progress:
@@ -813,7 +818,7 @@ def screen(
         for batch in batches:
             counts.append(infer_batch(found.source_uri, db_url, batch, found.run_id,
                                       model_path, output_uri=output_uri,
-                                      write_dicom=write_dicom))
+                                      write_dicom=write_dicom, s3=s3))
             if bar is not None:
                 bar.update(len(batch))
         return summarise_run(db_url, found.run_id, counts)

@@ -344,7 +344,9 @@ def ensure_postgres(*, prefer_local: bool = True) -> str:
     """
     global _SHARED_EMBEDDED
     if prefer_local:
-        env = os.environ.get("BLOODNET_DATABASE_URL")
+        from bloodnet_ops.settings import current
+
+        env = current().database_url
         if env:
             from bloodnet_ops.db.session import normalise_url
 

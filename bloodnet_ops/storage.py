@@ -24,7 +24,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -110,14 +110,9 @@ _STORE_CODES = frozenset({
 def retry_seconds() -> float:
     """The retry budget from ``BLOODNET_S3_RETRY_SECONDS`` (read on every call, so a task or a
     test can change it), else :data:`DEFAULT_RETRY_SECONDS`."""
-    text = os.environ.get(RETRY_ENV, "").strip()
-    if not text:
-        return DEFAULT_RETRY_SECONDS
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        log.warning("ignoring %s=%r (not a number of seconds)", RETRY_ENV, text)
-        return DEFAULT_RETRY_SECONDS
+    from bloodnet_ops.settings import current
+
+    return current().s3_retry_seconds
 
 
 def outage(exc: BaseException) -> str | None:
@@ -168,12 +163,29 @@ def with_retries(op: str, fn: Callable[[], T], *, budget: float | None = None,
             sleep(delay)
 
 
-def s3_client(endpoint: str | None = None, *, max_attempts: int = 8, pool: int = 32):
-    """A boto3 S3 client for ``BLOODNET_S3_ENDPOINT`` (or AWS) with adaptive retries."""
+@dataclass(frozen=True)
+class S3Config:
+    """Where the object store is and how to sign in, passed explicitly (an Airflow connection's
+    values, say) instead of through ``os.environ``. A field left ``None`` falls back to boto3's
+    own chain (the AWS_* variables, a profile) and ``BLOODNET_S3_ENDPOINT``."""
+
+    endpoint: str | None = None
+    access_key: str | None = None
+    secret_key: str | None = field(default=None, repr=False)
+    region: str | None = None
+
+
+def s3_client(endpoint: str | None = None, *, config: S3Config | None = None,
+              max_attempts: int = 8, pool: int = 32):
+    """A boto3 S3 client for ``config`` (else ``BLOODNET_S3_ENDPOINT`` or AWS, with boto3's
+    credential chain) with standard retries."""
     import boto3
     from botocore.config import Config
 
-    endpoint = endpoint or os.environ.get("BLOODNET_S3_ENDPOINT") or None
+    from bloodnet_ops.settings import current
+
+    config = config or S3Config()
+    endpoint = endpoint or config.endpoint or current().s3_endpoint or None
     cfg = Config(
         retries={"max_attempts": max_attempts, "mode": "standard"},
         max_pool_connections=pool,
@@ -184,7 +196,9 @@ def s3_client(endpoint: str | None = None, *, max_attempts: int = 8, pool: int =
     return boto3.client(
         "s3",
         endpoint_url=endpoint,
-        region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+        region_name=config.region or os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+        aws_access_key_id=config.access_key,
+        aws_secret_access_key=config.secret_key,
         config=cfg,
     )
 
@@ -196,11 +210,17 @@ class S3Source:
     bucket: str
     prefix: str = ""
     endpoint: str | None = None
+    config: S3Config | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.prefix = self.prefix.strip("/")
         self.uri = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
-        self._client = s3_client(self.endpoint)
+        self._client = s3_client(self.endpoint, config=self.config)
+
+    def sub(self, prefix: str) -> S3Source:
+        """The same store and credentials, under ``prefix`` (relative to this prefix)."""
+        return S3Source(self.bucket, f"{self.prefix}/{prefix}".strip("/"), self.endpoint,
+                        self.config)
 
     @property
     def client(self):
@@ -230,7 +250,7 @@ class S3Source:
         """One listing call without retries, so that a command line run learns at once that the
         store is down, the bucket missing or the credentials wrong (the botocore error is raised
         as it is; :mod:`bloodnet_ops.errors` words it)."""
-        once = s3_client(self.endpoint, max_attempts=1, pool=1)
+        once = s3_client(self.endpoint, config=self.config, max_attempts=1, pool=1)
         once.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
 
     def get_range(self, key: str, length: int) -> bytes:
@@ -249,15 +269,16 @@ class S3Source:
             Bucket=self.bucket, Key=self._full(key), Body=data, ContentType=content_type))
 
 
-def open_source(uri: str | os.PathLike[str], *, probe: bool = False) -> LocalSource | S3Source:
-    """``s3://bucket/prefix`` → :class:`S3Source`; anything else is a local folder. With
-    ``probe``, an S3 source is tried once (:meth:`S3Source.probe`) before it is returned."""
+def open_source(uri: str | os.PathLike[str], *, probe: bool = False,
+                s3: S3Config | None = None) -> LocalSource | S3Source:
+    """``s3://bucket/prefix`` → :class:`S3Source` (signed in with ``s3``); anything else is a
+    local folder. With ``probe``, an S3 source is tried once (:meth:`S3Source.probe`) first."""
     text = str(uri)
     if text.startswith("s3://"):
         bucket, _, prefix = text[5:].partition("/")
         if not bucket:
             raise ValueError(f"no bucket in {text!r}")
-        source = S3Source(bucket, prefix)
+        source = S3Source(bucket, prefix, config=s3)
         if probe:
             source.probe()
         return source
@@ -267,12 +288,13 @@ def open_source(uri: str | os.PathLike[str], *, probe: bool = False) -> LocalSou
     return LocalSource(path)
 
 
-def upload_folder(folder: Path, bucket: str, prefix: str = "", *, workers: int = 16) -> int:
+def upload_folder(folder: Path, bucket: str, prefix: str = "", *, workers: int = 16,
+                  config: S3Config | None = None) -> int:
     """Upload every file under ``folder`` to ``s3://bucket/prefix`` (creating the bucket). Returns
     the number of objects. Used by the demo and the tests."""
     from concurrent.futures import ThreadPoolExecutor
 
-    client = s3_client(pool=workers)
+    client = s3_client(config=config, pool=workers)
     try:
         client.create_bucket(Bucket=bucket)
     except client.exceptions.BucketAlreadyOwnedByYou:

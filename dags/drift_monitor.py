@@ -13,14 +13,11 @@ The run is keyed on the Airflow run id, so a retry replaces its own statistics.
 
 from __future__ import annotations
 
-import os
-from datetime import timedelta
-
 import pendulum
-from _common import DB_CONN_ID, FINDINGS_ASSET, db_url_from_connection
+from _common import DB_CONN_ID, FINDINGS_ASSET, db_url_from_connection, retry_delays
 from airflow.sdk import Param, dag, task
 
-RETRY_DELAY = timedelta(seconds=float(os.environ.get("BLOODNET_RETRY_DELAY_S", "60")))
+RETRY_DELAY, _ = retry_delays()
 
 PARAMS = {
     "reference_nights": Param(14, type="integer", minimum=1,

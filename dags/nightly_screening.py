@@ -15,17 +15,13 @@ and `rescan=true` to score objects already seen (e.g. with a new `model_path`).
 
 from __future__ import annotations
 
-import os
-from datetime import timedelta
-
 import pendulum
-from _common import FINDINGS_ASSET, bloodnet_env
+from _common import FINDINGS_ASSET, bloodnet_env, retry_delays
 from airflow.sdk import Param, dag, task
 
 #: Retry delays come from the environment so tests can make them tiny; production keeps 1 min
 #: doubling to at most 30 min.
-RETRY_DELAY = timedelta(seconds=float(os.environ.get("BLOODNET_RETRY_DELAY_S", "60")))
-MAX_RETRY_DELAY = timedelta(seconds=float(os.environ.get("BLOODNET_MAX_RETRY_DELAY_S", "1800")))
+RETRY_DELAY, MAX_RETRY_DELAY = retry_delays()
 
 PARAMS = {
     "source_uri": Param(None, type=["null", "string"],
@@ -90,7 +86,7 @@ def bloodnet_nightly_screening():
             found = screening.discover(
                 _source(params, cfg.source_uri), cfg.db_url, prefix=params["prefix"],
                 run_id=screening.night_run_id(logical_date, run_id), dag_run_id=run_id,
-                rescan=params["rescan"], output_uri=cfg.output_uri,
+                rescan=params["rescan"], output_uri=cfg.output_uri, s3=cfg.s3,
             )
         return found.to_xcom()
 
@@ -103,7 +99,7 @@ def bloodnet_nightly_screening():
             summary = screening.validate_and_record(
                 _source(params, cfg.source_uri), cfg.db_url, found["run_id"],
                 prefix=params["prefix"], site=params["site"], date_from=params["date_from"],
-                date_to=params["date_to"],
+                date_to=params["date_to"], s3=cfg.s3,
             )
         return summary.to_xcom()
 
@@ -123,7 +119,7 @@ def bloodnet_nightly_screening():
         with bloodnet_env() as cfg:
             return screening.infer_batch(
                 _source(params, cfg.source_uri), cfg.db_url, study_uids, validated["run_id"],
-                params["model_path"], output_uri=cfg.output_uri,
+                params["model_path"], output_uri=cfg.output_uri, s3=cfg.s3,
             )
 
     @task(trigger_rule="none_failed")

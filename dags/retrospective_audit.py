@@ -13,14 +13,11 @@ worklist and figures instead of adding a second copy. Reviewers adjudicate workl
 
 from __future__ import annotations
 
-import os
-from datetime import timedelta
-
 import pendulum
-from _common import FINDINGS_ASSET, S3_CONN_ID, bloodnet_env
+from _common import FINDINGS_ASSET, S3_CONN_ID, bloodnet_env, retry_delays
 from airflow.sdk import Param, dag, task
 
-RETRY_DELAY = timedelta(seconds=float(os.environ.get("BLOODNET_RETRY_DELAY_S", "60")))
+RETRY_DELAY, _ = retry_delays()
 
 PARAMS = {
     "reads_uri": Param(None, type=["null", "string"],
@@ -61,7 +58,7 @@ def bloodnet_retrospective_audit():
             uri = params["reads_uri"] or Connection.get(S3_CONN_ID).extra_dejson.get("reads_uri")
             if not uri:
                 return None
-            return import_reads_uri(cfg.db_url, uri).summary()
+            return import_reads_uri(cfg.db_url, uri, s3=cfg.s3).summary()
 
     @task
     def audit(imported: dict | None, params=None, run_id=None) -> dict:

@@ -39,8 +39,8 @@ class DashboardDB:
 
 @pytest.fixture(scope="session")
 def dashboard_db(pg_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DashboardDB]:
-    from bloodnet_ops.db.views import apply_views
     from bloodnet_ops.db.session import apply_sql, migrate
+    from bloodnet_ops.db.views import apply_views
     from bloodnet_ops.services import create_database, drop_database
 
     name = f"bloodnet_dash_{uuid.uuid4().hex[:10]}"

@@ -82,8 +82,9 @@ class ReadsImport:
         }
 
 
-def read_bytes(uri: str | Path) -> bytes:
-    """The bytes of a local file or an ``s3://bucket/key`` object."""
+def read_bytes(uri: str | Path, *, s3: Any = None) -> bytes:
+    """The bytes of a local file or an ``s3://bucket/key`` object (signed in with ``s3``, an
+    :class:`~bloodnet_ops.storage.S3Config`)."""
     text = str(uri)
     if text.startswith("s3://"):
         from bloodnet_ops.storage import S3Source
@@ -91,7 +92,7 @@ def read_bytes(uri: str | Path) -> bytes:
         bucket, _, key = text[5:].partition("/")
         if not bucket or not key:
             raise ValueError(f"expected s3://bucket/key, got {text!r}")
-        return S3Source(bucket).get(key)
+        return S3Source(bucket, config=s3).get(key)
     return Path(text).read_bytes()
 
 
@@ -213,7 +214,8 @@ def _upsert(session: Session, rows: list[dict]) -> tuple[int, int]:
     return inserted, updated
 
 
-def import_reads(session: Session, uri: str | Path, *, keep_report: bool = False) -> ReadsImport:
+def import_reads(session: Session, uri: str | Path, *, keep_report: bool = False,
+                 s3: Any = None) -> ReadsImport:
     """Import one reads file into ``radiology_reads`` and match it against screened studies.
 
     Parameters
@@ -226,7 +228,7 @@ def import_reads(session: Session, uri: str | Path, *, keep_report: bool = False
         Store the free-text report (it may contain PHI; off by default).
     """
     source = str(uri)
-    records = _records(read_bytes(uri), source)
+    records = _records(read_bytes(uri, s3=s3), source)
     report = ReadsImport(source=source, rows=len(records))
     by_key: dict[str, dict] = {}
     for n, raw in enumerate(records, start=1):
@@ -315,13 +317,14 @@ def _studies_for(
     return site_of, uid_of_acc
 
 
-def import_reads_uri(db_url: str, uri: str | Path, *, keep_report: bool = False) -> ReadsImport:
+def import_reads_uri(db_url: str, uri: str | Path, *, keep_report: bool = False,
+                     s3: Any = None) -> ReadsImport:
     """:func:`import_reads` in its own transaction (what the audit DAG's import task calls)."""
     from bloodnet_ops.db.session import make_engine, session_scope
 
     engine = make_engine(db_url)
     try:
         with session_scope(engine) as session:
-            return import_reads(session, uri, keep_report=keep_report)
+            return import_reads(session, uri, keep_report=keep_report, s3=s3)
     finally:
         engine.dispose()

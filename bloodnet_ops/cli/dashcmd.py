@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import sys
 from typing import Annotated
 
@@ -18,6 +17,7 @@ import typer
 log = logging.getLogger(__name__)
 
 from bloodnet_ops.dashboard.auth import MIN_TOKEN_LENGTH
+from bloodnet_ops.settings import current
 
 TOKEN_ENV = "BLOODNET_DASHBOARD_TOKEN"
 
@@ -60,7 +60,7 @@ def dashboard(
     from bloodnet_ops.dashboard.app import create_app
 
     try:
-        token = check_token(os.environ.get(TOKEN_ENV) or None, host)
+        token = check_token(current().dashboard_token or None, host)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

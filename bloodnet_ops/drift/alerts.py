@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import urllib.error
 import urllib.request
@@ -99,7 +98,10 @@ def post_webhook(
     Retries on connection errors and on 5xx/429 with exponential back-off; a 4xx other than 429 is
     final (resending the same body will not help).
     """
-    url = url if url is not None else os.environ.get(WEBHOOK_ENV, "")
+    if url is None:
+        from bloodnet_ops.settings import current
+
+        url = current().alert_webhook
     if not url:
         return "disabled"
     if not url.startswith(("http://", "https://")):

@@ -13,7 +13,6 @@ import csv
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -147,8 +146,9 @@ def _align_mask(mask_path: Path, positions: np.ndarray) -> np.ndarray | None:
 
 def default_cache_root() -> Path:
     """``$BLOODNET_CACHE`` or ``~/.cache/bloodnet``."""
-    env = os.environ.get("BLOODNET_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "bloodnet"
+    from bloodnet_ops.settings import current
+
+    return current().cache
 
 
 def cache_dir_for(cache_root: Path, size: int, data_dir: Path) -> Path:

@@ -15,7 +15,6 @@ Default weights: ``$BLOODNET_MODEL`` if set, else ``models/bloodnet.pt`` in the 
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -51,7 +50,9 @@ _DONE = object()
 
 
 def default_model_path() -> Path:
-    env = os.environ.get("BLOODNET_MODEL")
+    from bloodnet_ops.settings import current
+
+    env = current().model
     return Path(env) if env else DEFAULT_MODEL
 
 

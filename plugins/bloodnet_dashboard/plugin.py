@@ -14,7 +14,6 @@ workers import this module too, and must not open connections for it.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, ClassVar
 
 from airflow.plugins_manager import AirflowPlugin
@@ -23,6 +22,7 @@ from sqlalchemy.engine import URL
 
 from bloodnet_ops.dashboard.app import create_app
 from bloodnet_ops.dashboard.auth import bearer_token
+from bloodnet_ops.settings import current
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,8 @@ PAGES = (
 
 def results_db_url() -> str:
     """The results database URL: the environment, else the ``bloodnet_db`` connection."""
-    url = os.environ.get("BLOODNET_DASHBOARD_DB_URL") or os.environ.get("BLOODNET_DATABASE_URL")
+    settings = current()
+    url = settings.dashboard_db_url or settings.database_url
     if url:
         return url
     from airflow.models.connection import Connection
@@ -77,7 +78,7 @@ async def airflow_principal(request: Request) -> str | None:
 
 dashboard_app = create_app(
     results_db_url,
-    token=os.environ.get("BLOODNET_DASHBOARD_TOKEN") or None,
+    token=current().dashboard_token or None,
     auth=airflow_principal,
 )
 

@@ -7,7 +7,6 @@ Run programmatically through :func:`bloodnet_ops.db.session.migrate`, or with th
 from __future__ import annotations
 
 import importlib
-import os
 
 from alembic import context
 from sqlalchemy import text
@@ -36,7 +35,10 @@ def _url() -> str:
     from bloodnet_ops.db.session import normalise_url
 
     url = config.attributes.get("url") or config.get_main_option("sqlalchemy.url")
-    url = url or os.environ.get("BLOODNET_DATABASE_URL")
+    if not url:
+        from bloodnet_ops.settings import current
+
+        url = current().database_url
     if not url:
         raise RuntimeError("no database URL: pass one to migrate(url) or set BLOODNET_DATABASE_URL")
     return normalise_url(url)
