@@ -55,8 +55,8 @@ def pages(end: dt.date) -> list[tuple[str, str]]:
 
 
 def seed_database(server_url: str, spec: seed.SeedSpec) -> tuple[str, str, dict[str, int], float]:
-    from bloodnet_ops.db.views import apply_views
     from bloodnet_ops.db.session import migrate
+    from bloodnet_ops.db.views import apply_views
     from bloodnet_ops.services import create_database
 
     name = f"bloodnet_bench_dash_{uuid.uuid4().hex[:8]}"

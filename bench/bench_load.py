@@ -4,14 +4,14 @@ Studies come from ``bloodnet_ops.synth.generate_dataset`` (``--base`` studies at
 cloned to any number by rewriting their UIDs in place (same length, so every byte but the UIDs
 is the generator's), into one folder per night: DIR/<site>/<study>/<series>/<sop>.dcm. Each
 night runs in a fresh process against a fresh PostgreSQL database, exactly as the nightly job
-does it: ``screening.discover`` (listing + manifest) then ``screening.validate_and_record``
+does it: ``nightly.discover`` (listing + manifest) then ``nightly.validate_and_record``
 (ranged header reads, grouping, selection, the GX header suite, full GETs and HU checks of every
 selected series, and all the rows). A thread samples the process's RSS every 50 ms.
 
 The peer of the large night is the small one, measured in the same run: peak RSS must not grow
 with the number of studies (ratio near 1), and throughput should not fall.
 
-Then inference: ``screening.infer_batch`` (batches of 16, no DICOM output) over ``--infer``
+Then inference: ``nightly.infer_batch`` (batches of 16, no DICOM output) over ``--infer``
 accepted studies of the large night, in its own process, with its peak RSS.
 
 Usage::
@@ -146,7 +146,7 @@ def write_night(bases: list[BaseStudy], out: Path, n: int) -> int:
 
 
 def worker_validate(folder: str, db_url: str) -> dict:
-    from bloodnet_ops import screening
+    from bloodnet_ops import nightly
     from bloodnet_ops.headers import quiet_pydicom
 
     quiet_pydicom()
@@ -155,11 +155,11 @@ def worker_validate(folder: str, db_url: str) -> dict:
     base = rss_bytes()
     with RssSampler() as rss:
         t0 = time.perf_counter()
-        found = screening.discover(folder, db_url)
+        found = nightly.discover(folder, db_url)
         t1 = time.perf_counter()
-        summary = screening.validate_and_record(found.source_uri, db_url, found.run_id)
+        summary = nightly.validate_and_record(found.source_uri, db_url, found.run_id)
         t2 = time.perf_counter()
-    screening.dispose_engines()
+    nightly.dispose_engines()
     return {"run_id": found.run_id, "objects": found.n_listed, "studies": summary.n_studies,
             "accepted": summary.n_accepted, "rejected": summary.n_rejected,
             "unreadable": summary.n_unreadable, "discover_s": t1 - t0, "validate_s": t2 - t1,
@@ -168,32 +168,32 @@ def worker_validate(folder: str, db_url: str) -> dict:
 
 
 def worker_infer(folder: str, db_url: str, run_id: str, n: int, model: str) -> dict:
-    from bloodnet_ops import screening
+    from bloodnet_ops import nightly
     from bloodnet_ops.headers import quiet_pydicom
 
     quiet_pydicom()
-    batches = screening.plan_batches(db_url, run_id, 16)
+    batches = nightly.plan_batches(db_url, run_id, 16)
     uids = [u for b in batches for u in b][:n]
-    screening.infer_batch(folder, db_url, uids[:1], run_id, model, write_dicom=False)  # warm
+    nightly.infer_batch(folder, db_url, uids[:1], run_id, model, write_dicom=False)  # warm
     base = rss_bytes()
     counts = []
     with RssSampler() as rss:
         t0 = time.perf_counter()
         after = []  # RSS after each batch: flat if nothing accumulates across batches
         for i in range(0, len(uids), 16):
-            counts.append(screening.infer_batch(folder, db_url, uids[i:i + 16], run_id, model,
+            counts.append(nightly.infer_batch(folder, db_url, uids[i:i + 16], run_id, model,
                                                 write_dicom=False))
             after.append(rss_bytes())
         wall = time.perf_counter() - t0
     from sqlalchemy import text
 
-    with screening._engine(db_url).connect() as conn:
+    with nightly.engine(db_url).connect() as conn:
         slices = conn.execute(text("SELECT coalesce(sum(s.n_instances), 0) FROM findings f"
                                    " JOIN series s USING (series_uid)")).scalar_one()
-    screening.dispose_engines()
-    return {"studies": sum(c["n_scored"] for c in counts), "slices": int(slices),
-            "wall_s": wall, "load_s": sum(c["load_s"] for c in counts),
-            "infer_s": sum(c["infer_s"] for c in counts), "rss_base": base,
+    nightly.dispose_engines()
+    return {"studies": sum(c.n_scored for c in counts), "slices": int(slices),
+            "wall_s": wall, "load_s": sum(c.load_s for c in counts),
+            "infer_s": sum(c.infer_s for c in counts), "rss_base": base,
             "rss_peak": rss.peak, "rss_after_batch_mib": [round(b / 2**20) for b in after],
             "threads": _torch_threads()}
 

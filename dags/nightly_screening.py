@@ -4,7 +4,7 @@
 discover → validate → plan batches → infer (mapped, queue/pool `gpu`) → finalise → publish.
 
 Each task reads the connections (`bloodnet_s3`, `bloodnet_db`) and its params and calls one
-function of `bloodnet_ops.screening`; only ids and small count dicts travel through XCom.
+function of `bloodnet_ops.nightly`; only ids and counts (its typed records) travel through XCom.
 Every step is idempotent: findings are upserted on (series_uid, model_version,
 preprocessing_version), so a rerun of a task or of a whole night leaves the same rows. A bad
 study is quarantined with a reason code and never fails the night.
@@ -44,11 +44,11 @@ PARAMS = {
 def _close_failed_run(context) -> None:
     """A task failed for good (retries spent): close the night's `inference_runs` row as
     'failed' rather than leave it 'running' (`finalise` never runs after a failed batch)."""
-    from bloodnet_ops import screening
+    from bloodnet_ops import nightly
 
-    run_id = screening.night_run_id(context.get("logical_date"), context["run_id"])
+    run_id = nightly.night_run_id(context.get("logical_date"), context["run_id"])
     with bloodnet_env() as cfg:
-        screening.fail_run(cfg.db_url, run_id, context.get("exception"))
+        nightly.fail_run(cfg.db_url, run_id, context.get("exception"))
 
 
 def _source(params: dict, configured: str | None) -> str:
@@ -80,12 +80,12 @@ def bloodnet_nightly_screening():
     @task
     def discover(params=None, run_id=None, logical_date=None) -> dict:
         """List the source; record new or changed objects in the manifest as pending."""
-        from bloodnet_ops import screening
+        from bloodnet_ops import nightly
 
         with bloodnet_env() as cfg:
-            found = screening.discover(
+            found = nightly.discover(
                 _source(params, cfg.source_uri), cfg.db_url, prefix=params["prefix"],
-                run_id=screening.night_run_id(logical_date, run_id), dag_run_id=run_id,
+                run_id=nightly.night_run_id(logical_date, run_id), dag_run_id=run_id,
                 rescan=params["rescan"], output_uri=cfg.output_uri, s3=cfg.s3,
             )
         return found.to_xcom()
@@ -93,10 +93,10 @@ def bloodnet_nightly_screening():
     @task
     def validate(found: dict, params=None) -> dict:
         """Headers first, then HU; record verdicts, quarantine rejects and unreadable objects."""
-        from bloodnet_ops import screening
+        from bloodnet_ops import nightly
 
         with bloodnet_env() as cfg:
-            summary = screening.validate_and_record(
+            summary = nightly.validate_and_record(
                 _source(params, cfg.source_uri), cfg.db_url, found["run_id"],
                 prefix=params["prefix"], site=params["site"], date_from=params["date_from"],
                 date_to=params["date_to"], s3=cfg.s3,
@@ -106,29 +106,29 @@ def bloodnet_nightly_screening():
     @task
     def plan(validated: dict, params=None) -> list[list[str]]:
         """Accepted studies of this run, in chunks of `batch_size` study UIDs."""
-        from bloodnet_ops import screening
+        from bloodnet_ops import nightly
 
         with bloodnet_env() as cfg:
-            return screening.plan_batches(cfg.db_url, validated["run_id"], params["batch_size"])
+            return nightly.plan_batches(cfg.db_url, validated["run_id"], params["batch_size"])
 
     @task(queue="gpu", pool="gpu")
     def infer(study_uids: list[str], validated: dict, params=None) -> dict:
         """Load, score, write SEG/SR and upsert findings for one batch of studies."""
-        from bloodnet_ops import screening
+        from bloodnet_ops import nightly
 
         with bloodnet_env() as cfg:
-            return screening.infer_batch(
+            return nightly.infer_batch(
                 _source(params, cfg.source_uri), cfg.db_url, study_uids, validated["run_id"],
                 params["model_path"], output_uri=cfg.output_uri, s3=cfg.s3,
-            )
+            ).to_xcom()
 
     @task(trigger_rule="none_failed")
     def finalise(validated: dict, counts: list[dict]) -> dict:
         """Close the run: totals and timings into `inference_runs`."""
-        from bloodnet_ops import screening
+        from bloodnet_ops import nightly
 
         with bloodnet_env() as cfg:
-            summary = screening.summarise_run(cfg.db_url, validated["run_id"], list(counts))
+            summary = nightly.summarise_run(cfg.db_url, validated["run_id"], list(counts))
         return summary.to_xcom()
 
     @task(outlets=[FINDINGS_ASSET], trigger_rule="none_failed")
@@ -136,7 +136,7 @@ def bloodnet_nightly_screening():
         """Log the run summary and update the findings Asset (audit and drift run on it)."""
         import logging
 
-        logging.getLogger("bloodnet.screening").info("run summary %s", summary)
+        logging.getLogger("bloodnet.nightly").info("run summary %s", summary)
         outlet_events[FINDINGS_ASSET].extra = {
             k: summary[k] for k in ("run_id", "n_scored", "n_positive", "n_rejected")
         }

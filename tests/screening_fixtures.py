@@ -50,9 +50,9 @@ def fresh_db(pg_server_url: str) -> Iterator[str]:
         migrate(url)
         yield url
     finally:
-        from bloodnet_ops import screening
+        from bloodnet_ops import nightly
 
-        screening.dispose_engines()
+        nightly.dispose_engines()
         drop_database(pg_server_url, name)
 
 

@@ -310,9 +310,9 @@ def cluster(tmp_path_factory, pg_server_url, s3_server) -> Iterator[Cluster]:
         yield c
     finally:
         c.stop()
-        from bloodnet_ops import screening
+        from bloodnet_ops import nightly
 
-        screening.dispose_engines()
+        nightly.dispose_engines()
         drop_database(pg_server_url, db_name)
         drop_database(pg_server_url, results_name)
 

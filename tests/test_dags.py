@@ -82,7 +82,7 @@ def test_dag_run_persists_findings_and_a_rerun_leaves_the_same_rows(
     dagbag, conns: dict[str, str], synth_small: Path, tiny_model: Path,
 ) -> None:
     from bloodnet_ops import PREPROCESSING_VERSION
-    from bloodnet_ops.screening import night_run_id
+    from bloodnet_ops.nightly import night_run_id
     from bloodnet_ops.storage import s3_client
 
     db = conns["db_url"]
@@ -144,7 +144,7 @@ def test_dag_run_persists_findings_and_a_rerun_leaves_the_same_rows(
 def test_dag_run_with_a_corrupt_study_quarantines_it_and_scores_the_rest(
     dagbag, conns: dict[str, str], synth_small: Path, tiny_model: Path,
 ) -> None:
-    from bloodnet_ops.screening import night_run_id
+    from bloodnet_ops.nightly import night_run_id
     from bloodnet_ops.storage import s3_client
 
     db = conns["db_url"]
@@ -184,7 +184,7 @@ def test_a_batch_that_fails_every_retry_closes_the_run_as_failed(
     """Every ``infer`` attempt fails (the weights are missing), so ``finalise`` never runs; the
     tasks' failure callback closes the night's ``inference_runs`` row as ``failed`` instead of
     leaving it ``running``."""
-    from bloodnet_ops.screening import night_run_id
+    from bloodnet_ops.nightly import night_run_id
 
     db = conns["db_url"]
     upload_studies(synth_small, conns["bucket"], "incoming")

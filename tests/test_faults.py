@@ -43,7 +43,7 @@ from screening_fixtures import (
     upload_studies,
 )
 
-from bloodnet_ops import screening
+from bloodnet_ops import nightly
 
 NIGHT = datetime(2026, 4, 1, 1, 0, tzinfo=UTC)
 #: What a faulted night must reproduce exactly (probabilities to 1e-5: a retried batch may be cut
@@ -103,12 +103,12 @@ def reference(night: Path, tiny_model: Path, pg_server_url: str,
     try:
         migrate(url)
         folder = copy_studies(night, tmp_path_factory.mktemp("ref") / "night")
-        summary = screening.screen(str(folder), url, str(tiny_model), batch_size=2,
+        summary = nightly.screen(str(folder), url, str(tiny_model), batch_size=2,
                                    write_dicom=False)
         assert summary.n_scored == 3 and summary.n_rejected == 0
         return snapshot(url)
     finally:
-        screening.dispose_engines()
+        nightly.dispose_engines()
         drop_database(pg_server_url, name)
 
 
@@ -396,7 +396,7 @@ def test_postgres_terminates_the_writers_mid_write_and_the_retries_give_a_clean_
     database = make_url(fresh_db).database
     tables = ("objects", "validation_results", "findings")
     with WriterTerminator(pg_server_url, database, tables) as term:
-        summary = screening.screen(str(folder), fresh_db, str(tiny_model), batch_size=2,
+        summary = nightly.screen(str(folder), fresh_db, str(tiny_model), batch_size=2,
                                    write_dicom=False)
     assert term.errors == []
     # discover (manifest), validate (verdicts, after its sites/studies/series upserts in the
@@ -412,9 +412,9 @@ def test_postgres_terminates_the_writers_mid_write_and_the_retries_give_a_clean_
 
 _INFER = """
 import json, sys
-from bloodnet_ops import screening
+from bloodnet_ops import nightly
 source, db, uids, run_id, model = sys.argv[1:6]
-print(json.dumps(screening.infer_batch(source, db, json.loads(uids), run_id, model)))
+print(json.dumps(nightly.infer_batch(source, db, json.loads(uids), run_id, model)))
 """
 
 
@@ -423,11 +423,11 @@ def test_worker_killed_mid_batch_then_the_task_retry_gives_the_same_rows(
     tmp_path: Path,
 ) -> None:
     folder = copy_studies(night, tmp_path / "night")
-    found = screening.discover(str(folder), fresh_db)
-    screening.validate_and_record(found.source_uri, fresh_db, found.run_id)
-    (batch,) = screening.plan_batches(fresh_db, found.run_id, 16)
+    found = nightly.discover(str(folder), fresh_db)
+    nightly.validate_and_record(found.source_uri, fresh_db, found.run_id)
+    (batch,) = nightly.plan_batches(fresh_db, found.run_id, 16)
     assert len(batch) == 3
-    derived = folder / screening.DERIVED_DIR
+    derived = folder / nightly.DERIVED_DIR
     argv = [sys.executable, "-c", _INFER, found.source_uri, fresh_db, json.dumps(batch),
             found.run_id, str(tiny_model)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
@@ -452,10 +452,10 @@ def test_worker_killed_mid_batch_then_the_task_retry_gives_the_same_rows(
     assert query(fresh_db, "SELECT count(*) FROM findings")[0][0] == 0  # nothing half-written
 
     # the task's retry (here in this process: the task body is the same function)
-    again = screening.infer_batch(found.source_uri, fresh_db, batch, found.run_id,
+    again = nightly.infer_batch(found.source_uri, fresh_db, batch, found.run_id,
                                   str(tiny_model))
-    assert again["n_scored"] == 3 and again["n_failed"] == 0
-    screening.summarise_run(fresh_db, found.run_id, [again])
+    assert again.n_scored == 3 and again.n_failed == 0
+    nightly.summarise_run(fresh_db, found.run_id, [again])
     _same_night(snapshot(fresh_db), reference)
     # outputs are keyed by (model version, study): the retry overwrote, never duplicated
     assert len(list(derived.rglob("sr.dcm"))) == 3
@@ -475,16 +475,16 @@ def test_throttling_and_5xx_from_the_store_are_retried_with_backoff(
                           seed=1)
     with FaultProxy(s3_server.endpoint, slow_down) as proxy:
         monkeypatch.setenv("BLOODNET_S3_ENDPOINT", proxy.endpoint)
-        found = screening.discover(source, fresh_db)
-        screening.validate_and_record(source, fresh_db, found.run_id)
+        found = nightly.discover(source, fresh_db)
+        nightly.validate_and_record(source, fresh_db, found.run_id)
         slowdowns = proxy.faults[503]
         header_gets = proxy.requests["GET"]
         proxy.set_plan(FaultPlan(status=500, first=6, fraction=0.05, max_faults=60,
                                  match=reads_only, seed=2))
-        out = [screening.infer_batch(source, fresh_db, b, found.run_id, str(tiny_model),
+        out = [nightly.infer_batch(source, fresh_db, b, found.run_id, str(tiny_model),
                                      write_dicom=False)
-               for b in screening.plan_batches(fresh_db, found.run_id, 2)]
-        screening.summarise_run(fresh_db, found.run_id, out)
+               for b in nightly.plan_batches(fresh_db, found.run_id, 2)]
+        nightly.summarise_run(fresh_db, found.run_id, out)
     assert slowdowns >= 20 and proxy.faults[500] >= 6
     # every refused GET was sent again: requests = objects read + one retry per fault (at least)
     assert header_gets >= n_objects + slowdowns
@@ -503,10 +503,10 @@ def test_a_store_that_stays_down_fails_the_step_instead_of_quarantining_good_dat
     with FaultProxy(s3_server.endpoint, FaultPlan(status=500, first=10**9,
                                                   match=reads_only)) as proxy:
         monkeypatch.setenv("BLOODNET_S3_ENDPOINT", proxy.endpoint)
-        found = screening.discover(source, fresh_db)  # listing still works
+        found = nightly.discover(source, fresh_db)  # listing still works
         t0 = time.monotonic()
         with pytest.raises(ClientError, match="InternalError"):
-            screening.validate_and_record(source, fresh_db, found.run_id)
+            nightly.validate_and_record(source, fresh_db, found.run_id)
         seconds = time.monotonic() - t0
     assert proxy.n_faults >= 8  # botocore's attempts on at least one object
     assert seconds < 60
@@ -593,7 +593,7 @@ def test_a_series_too_large_to_hold_is_rejected_with_a_reason_and_the_night_goes
 
     monkeypatch.setattr(predictor_mod, "prepare_volume", bounded)
     folder = copy_studies(night, tmp_path / "night")
-    summary = screening.screen(str(folder), fresh_db, str(tiny_model), write_dicom=False)
+    summary = nightly.screen(str(folder), fresh_db, str(tiny_model), write_dicom=False)
 
     assert (summary.n_scored, summary.n_failed, summary.n_rejected) == (2, 1, 1)
     assert {r.study_uid for r in query(fresh_db, "SELECT study_uid FROM findings")} == (

@@ -174,7 +174,7 @@ def test_a_night_leaves_no_phi_in_logs_xcom_task_names_tables_or_pages(
         found[f"log file {path.name}"] = leaks(path.read_text(errors="replace"), secrets)
     # the run logged every task (through structlog, to stdout): the scan is not vacuous
     out = run.stdout + run.stderr
-    assert "bloodnet_ops.screening" in out and out.count("\n") > 50
+    assert "bloodnet_ops.nightly" in out and out.count("\n") > 50
 
     # Airflow metadata of this run, and the task ids
     meta = _airflow_rows(airflow_home / "airflow.db", run_id)

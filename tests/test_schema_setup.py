@@ -77,9 +77,7 @@ def test_dashboards_work_on_a_database_that_screen_made(bare_db: str, synth_smal
 
 
 def test_missing_views_name_the_cause_and_the_fix(bare_db: str) -> None:
-    from bloodnet_ops.db.session import migrate
-
-    from bloodnet_ops.db.session import make_engine
+    from bloodnet_ops.db.session import make_engine, migrate
     from bloodnet_ops.db.views import view_names
 
     migrate(bare_db)

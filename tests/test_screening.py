@@ -20,7 +20,7 @@ from screening_fixtures import (
     upload_studies,
 )
 
-from bloodnet_ops import PREPROCESSING_VERSION, screening
+from bloodnet_ops import PREPROCESSING_VERSION, nightly
 
 
 def test_bloodnet_screen_on_a_local_folder(
@@ -59,12 +59,13 @@ def test_bloodnet_screen_on_a_local_folder(
         assert len(r.input_etags) == n_slices  # one ETag per scored slice
         # outputs land in <folder>/bloodnet-derived, and a rescan does not pick them up
         sr = Path(r.sr_key.removeprefix("file://"))
-        assert sr.is_file() and sr.is_relative_to(folder / screening.DERIVED_DIR)
+        assert sr.is_file() and sr.is_relative_to(folder / nightly.DERIVED_DIR)
     (stray,) = query(fresh_db, "SELECT kind, reason FROM quarantine WHERE ref = 'stray.bin'")
     assert tuple(stray) == ("object", "unreadable")
 
     # the demo's report reads the same numbers back from the database
-    from bloodnet_ops.demo import demo_report, format_report
+    from bloodnet_ops.db.reports import demo_report
+    from bloodnet_ops.demo import format_report
 
     rep = demo_report(fresh_db)
     assert rep["n_scored"] == len(truth) and rep["rejects"] == {"unreadable": 1}
@@ -92,12 +93,12 @@ def test_rerunning_a_run_id_redoes_it_with_identical_rows(
     run_id = "nightly__2026-03-01"
 
     def night() -> list:
-        found = screening.discover(source, fresh_db, run_id=run_id)
-        screening.validate_and_record(source, fresh_db, run_id)
-        batches = screening.plan_batches(fresh_db, run_id, 4)
-        out = [screening.infer_batch(source, fresh_db, b, run_id, str(tiny_model),
+        found = nightly.discover(source, fresh_db, run_id=run_id)
+        nightly.validate_and_record(source, fresh_db, run_id)
+        batches = nightly.plan_batches(fresh_db, run_id, 4)
+        out = [nightly.infer_batch(source, fresh_db, b, run_id, str(tiny_model),
                                      write_dicom=False) for b in batches]
-        screening.summarise_run(fresh_db, run_id, out)
+        nightly.summarise_run(fresh_db, run_id, out)
         return [found, batches, out]
 
     found, batches, out = night()
@@ -122,10 +123,10 @@ def test_a_study_that_breaks_after_validation_is_quarantined_and_the_batch_goes_
 
     upload_studies(synth_small, s3_bucket, "in")
     source = f"s3://{s3_bucket}/in"
-    found = screening.discover(source, fresh_db)
-    summary = screening.validate_and_record(source, fresh_db, found.run_id)
+    found = nightly.discover(source, fresh_db)
+    summary = nightly.validate_and_record(source, fresh_db, found.run_id)
     assert summary.n_accepted == 6
-    (batch,) = screening.plan_batches(fresh_db, found.run_id, 16)
+    (batch,) = nightly.plan_batches(fresh_db, found.run_id, 16)
     victim = batch[2]
     truth = labels(synth_small)[victim]
     # between validation and inference one slice's pixels are overwritten with garbage
@@ -137,14 +138,14 @@ def test_a_study_that_breaks_after_validation_is_quarantined_and_the_batch_goes_
     blob = client.get_object(Bucket=s3_bucket, Key=f"in/{key}")["Body"].read()
     client.put_object(Bucket=s3_bucket, Key=f"in/{key}", Body=blob[: len(blob) // 2])
 
-    out = screening.infer_batch(source, fresh_db, batch, found.run_id, str(tiny_model),
+    out = nightly.infer_batch(source, fresh_db, batch, found.run_id, str(tiny_model),
                                 write_dicom=False)
-    assert out["n_scored"] == 5 and out["n_failed"] == 1
+    assert out.n_scored == 5 and out.n_failed == 1
     scored = {r.study_uid for r in query(fresh_db, "SELECT study_uid FROM findings")}
     assert scored == set(batch) - {victim}
     (q,) = query(fresh_db, "SELECT kind, reason FROM quarantine WHERE ref = :s", s=victim)
     assert tuple(q) == ("study", "pixel_decode_failed")
-    final = screening.summarise_run(fresh_db, found.run_id, [out])
+    final = nightly.summarise_run(fresh_db, found.run_id, [out])
     assert final.n_scored == 5 and final.n_rejected == 1 and final.n_failed == 1
 
 
@@ -158,34 +159,34 @@ def test_backfill_by_prefix_and_site_leaves_the_rest_pending(
     first, second = sites[0], sites[1]
 
     # a prefix backfill lists only that prefix
-    found = screening.discover(source, fresh_db, prefix=first, run_id="backfill-1")
+    found = nightly.discover(source, fresh_db, prefix=first, run_id="backfill-1")
     assert found.n_listed == found.n_new
     assert {k for (k,) in query(fresh_db, "SELECT key FROM objects")} == {
         k for (k,) in query(fresh_db, "SELECT key FROM objects WHERE key LIKE :p",
                             p=f"{first}/%")}
-    screening.validate_and_record(source, fresh_db, "backfill-1", prefix=first)
+    nightly.validate_and_record(source, fresh_db, "backfill-1", prefix=first)
     # the nightly run then sees the other site; a site filter defers the rest
-    screening.discover(source, fresh_db, run_id="night-2")
-    summary = screening.validate_and_record(source, fresh_db, "night-2", site="nowhere")
+    nightly.discover(source, fresh_db, run_id="night-2")
+    summary = nightly.validate_and_record(source, fresh_db, "night-2", site="nowhere")
     assert summary.n_studies == 0
     assert summary.n_deferred == sum(r["site"] == second for r in truth.values())
     pending = query(fresh_db, "SELECT count(*) FROM objects WHERE status = 'pending'")[0][0]
     assert pending > 0
-    summary = screening.validate_and_record(source, fresh_db, "night-2", site=second)
+    summary = nightly.validate_and_record(source, fresh_db, "night-2", site=second)
     assert summary.n_deferred == 0
     assert query(fresh_db, "SELECT count(*) FROM objects WHERE status = 'pending'")[0][0] == 0
     # a planned night includes the backlog: accepted studies without any finding yet
-    planned = sorted(u for b in screening.plan_batches(fresh_db, "night-2", 16) for u in b)
+    planned = sorted(u for b in nightly.plan_batches(fresh_db, "night-2", 16) for u in b)
     assert planned == sorted(truth)
 
 
 def test_outputs_inside_the_source_are_never_discovered(tmp_path: Path) -> None:
     src = tmp_path / "src"
-    (src / screening.DERIVED_DIR / "v1").mkdir(parents=True)
-    assert screening._excluded_prefix(src.as_uri(), None) == f"{screening.DERIVED_DIR}/"
-    assert screening._excluded_prefix("s3://b", None) == f"{screening.DERIVED_DIR}/"
-    assert screening._excluded_prefix("s3://b/in", "s3://b/out") is None
-    assert screening._excluded_prefix("s3://b", "s3://b/out/x") == "out/x/"
+    (src / nightly.DERIVED_DIR / "v1").mkdir(parents=True)
+    assert nightly.excluded_prefix(src.as_uri(), None) == f"{nightly.DERIVED_DIR}/"
+    assert nightly.excluded_prefix("s3://b", None) == f"{nightly.DERIVED_DIR}/"
+    assert nightly.excluded_prefix("s3://b/in", "s3://b/out") is None
+    assert nightly.excluded_prefix("s3://b", "s3://b/out/x") == "out/x/"
     shutil.rmtree(src)
 
 
@@ -196,14 +197,14 @@ def test_load_failures_quarantine_bad_data_but_raise_on_an_outage() -> None:
     from bloodnet_ops.reasons import Reason
 
     gone = ClientError({"Error": {"Code": "NoSuchKey", "Message": "gone"}}, "GetObject")
-    assert screening._failure_reason(gone) == Reason.UNREADABLE
-    assert screening._failure_reason(PixelDecodeError("bad")) == Reason.PIXEL_DECODE_FAILED
-    assert screening._failure_reason(ValueError("short")) == Reason.PIXEL_DECODE_FAILED
+    assert nightly.failure_reason(gone) == Reason.UNREADABLE
+    assert nightly.failure_reason(PixelDecodeError("bad")) == Reason.PIXEL_DECODE_FAILED
+    assert nightly.failure_reason(ValueError("short")) == Reason.PIXEL_DECODE_FAILED
     slow = ClientError({"Error": {"Code": "SlowDown", "Message": "busy"}}, "GetObject")
     for outage in (EndpointConnectionError(endpoint_url="http://x"), slow,
                    ConnectionResetError()):
         with pytest.raises(type(outage)):
-            screening._failure_reason(outage)
+            nightly.failure_reason(outage)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,25 +255,25 @@ def test_validation_in_partitions_records_the_rows_of_one_pass(
     kept_aside = held.read_bytes()
     held.unlink()
 
-    found = screening.discover(str(folder), fresh_db, run_id="one-pass")
-    one = screening.validate_and_record(found.source_uri, fresh_db, "one-pass")
+    found = nightly.discover(str(folder), fresh_db, run_id="one-pass")
+    one = nightly.validate_and_record(found.source_uri, fresh_db, "one-pass")
     rows_one = _validation_rows(fresh_db, "one-pass")
     assert one.n_unreadable == 1 and one.n_studies == len(truth) and one.n_rejected == 1
     assert one.n_objects == found.n_listed
 
     monkeypatch.setattr(pipeline, "PARTITION_OBJECTS", 60)
     monkeypatch.setattr(pipeline, "READ_CHUNK", 50)
-    found = screening.discover(str(folder), fresh_db, run_id="parts", rescan=True)
-    parts = screening.validate_and_record(found.source_uri, fresh_db, "parts")
+    found = nightly.discover(str(folder), fresh_db, run_id="parts", rescan=True)
+    parts = nightly.validate_and_record(found.source_uri, fresh_db, "parts")
     same = ("n_objects", "n_studies", "n_accepted", "n_rejected", "n_unreadable", "reasons")
     assert [getattr(parts, k) for k in same] == [getattr(one, k) for k in same]
     assert _validation_rows(fresh_db, "parts") == rows_one
 
     # the next night: only the missing slice is new, and its study is validated whole
     held.write_bytes(kept_aside)
-    found = screening.discover(str(folder), fresh_db, run_id="next")
+    found = nightly.discover(str(folder), fresh_db, run_id="next")
     assert found.n_new == 1
-    nxt = screening.validate_and_record(found.source_uri, fresh_db, "next")
+    nxt = nightly.validate_and_record(found.source_uri, fresh_db, "next")
     n_objects = sum(1 for p in (folder / row["site"] / victim).rglob("*") if p.is_file())
     assert (nxt.n_objects, nxt.n_studies, nxt.n_accepted) == (n_objects, 1, 1)
     (v,) = query(fresh_db, "SELECT verdict, n_slices FROM validation_results"
@@ -291,12 +292,12 @@ def test_a_run_that_fails_is_closed_as_failed_not_left_running(
     and the error's class; closing it again, or an unknown run, changes nothing."""
     folder = copy_studies(synth_small, tmp_path / "night")
     with pytest.raises(FileNotFoundError):
-        screening.screen(str(folder), fresh_db, str(tmp_path / "missing.pt"), write_dicom=False)
+        nightly.screen(str(folder), fresh_db, str(tmp_path / "missing.pt"), write_dicom=False)
     (run,) = query(fresh_db, "SELECT run_id, status, finished_at, counts FROM inference_runs")
     assert run.status == "failed" and run.finished_at is not None
     assert run.counts["error"] == "FileNotFoundError"
     assert run.counts["n_studies"] == len(labels(synth_small)) and run.counts["n_scored"] == 0
-    assert screening.fail_run(fresh_db, run.run_id) is False  # already closed
-    assert screening.fail_run(fresh_db, "no-such-run") is False
+    assert nightly.fail_run(fresh_db, run.run_id) is False  # already closed
+    assert nightly.fail_run(fresh_db, "no-such-run") is False
     (again,) = query(fresh_db, "SELECT status, finished_at FROM inference_runs")
     assert tuple(again) == ("failed", run.finished_at)

@@ -30,6 +30,7 @@ from bloodnet_ops.audit.figures import (
 from bloodnet_ops.audit.reads import ReadsImport, import_reads, match_reads
 from bloodnet_ops.audit.sampling import SamplingPlan, seed_for
 from bloodnet_ops.audit.worklist import AuditCase, WorklistItem, build_worklist
+from bloodnet_ops.db import findings as findings_db
 from bloodnet_ops.db.models import Finding, Study
 from bloodnet_ops.db.models_audit import (
     Adjudication,
@@ -85,14 +86,6 @@ def _as_date(value: date | str | None) -> date | None:
 def _study_day():
     """A study's day: its DICOM StudyDate, else the day it was scored."""
     return func.coalesce(Study.study_date, cast(Finding.created_at, Date))
-
-
-def latest_model_version(session: Session) -> str | None:
-    """The model version of the most recently written finding."""
-    return session.execute(
-        select(Finding.model_version).order_by(Finding.updated_at.desc(), Finding.id.desc())
-        .limit(1)
-    ).scalar_one_or_none()
 
 
 def load_cases(
@@ -259,7 +252,7 @@ def run_audit(
                         if reads is not None else None)
             if imported is None:
                 match_reads(session)  # studies screened since the last import may match now
-            version = model_version or latest_model_version(session)
+            version = model_version or findings_db.latest_model_version(session)
             cases = (load_cases(session, model_version=version, date_from=d_from, date_to=d_to)
                      if version else [])
             worklist = build_worklist(cases, plan, seed=seed_for(run_key, seed))

@@ -32,7 +32,7 @@ def screen(
                         ] = False,
 ) -> None:
     """Validate, score and persist new studies: the nightly job, in this process."""
-    from bloodnet_ops import screening
+    from bloodnet_ops import nightly
     from bloodnet_ops.db.session import migrate as migrate_db
 
     if not source.startswith("file://"):
@@ -41,7 +41,7 @@ def screen(
     check_database(db)
     if migrate:
         migrate_db(db)
-    summary = screening.screen(
+    summary = nightly.screen(
         source, db, model, batch_size=batch_size, output_uri=outputs, prefix=prefix, site=site,
         rescan=rescan, write_dicom=dicom, progress=not json_out,
     )
@@ -51,15 +51,15 @@ def screen(
     typer.echo(f"run {summary.run_id} on {summary.source_uri} (model {summary.model_version})")
     typer.echo(f"{'site':<16}{'studies':>8}{'rejected':>10}{'scored':>8}{'positive':>10}")
     for name, row in summary.per_site.items():
-        typer.echo(f"{name:<16}{row['studies']:>8}{row['rejected']:>10}{row['scored']:>8}"
-                   f"{row['positive']:>10}")
+        typer.echo(f"{name:<16}{row.studies:>8}{row.rejected:>10}{row.scored:>8}"
+                   f"{row.positive:>10}")
     typer.echo(f"unreadable objects: {summary.n_unreadable}; failed while scoring: "
                f"{summary.n_failed}")
     if summary.reasons:
         typer.echo("quarantine: " + ", ".join(f"{k} {v}" for k, v in summary.reasons.items()))
     t = summary.timings
-    typer.echo(f"load {t['load_s']:.1f}s, inference {t['infer_s']:.1f}s, DICOM out "
-               f"{t['write_s']:.1f}s, run {t['run_wall_s']:.1f}s")
+    typer.echo(f"load {t.load_s:.1f}s, inference {t.infer_s:.1f}s, DICOM out "
+               f"{t.write_s:.1f}s, run {t.run_wall_s:.1f}s")
 
 
 def demo(

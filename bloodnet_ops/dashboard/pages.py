@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 
 from sqlalchemy.engine import Connection
 
-from bloodnet_ops.dashboard import ablation, queries
+from bloodnet_ops.dashboard import ablation
 from bloodnet_ops.dashboard.charts import (
     Series,
     bar_chart,
@@ -24,6 +24,7 @@ from bloodnet_ops.dashboard.charts import (
     group_series,
     line_chart,
 )
+from bloodnet_ops.db import dashboard as queries
 from bloodnet_ops.db.models_audit import ADJUDICATION_OUTCOMES, AUDIT_KINDS
 from bloodnet_ops.reasons import DESCRIPTIONS
 

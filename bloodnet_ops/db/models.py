@@ -153,6 +153,9 @@ class ValidationResult(Base):
     site: Mapped[str]
     reasons: Mapped[list[str]] = mapped_column(server_default="{}")
     n_slices: Mapped[int] = mapped_column(Integer, server_default="0")
+    #: ``[[key, etag], ...]`` of the chosen series in slice order: what inference fetches.
+    series_objects: Mapped[list[list[str]] | None] = mapped_column(
+        JSONB, comment="[[key, etag], ...] of the chosen series, in slice order")
     validated_at: Mapped[datetime] = mapped_column(server_default=_now())
 
 

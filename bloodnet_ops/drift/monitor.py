@@ -32,10 +32,10 @@ from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, update
 from sqlalchemy.dialects.postgresql import insert
 
-from bloodnet_ops.db.models import Finding
+from bloodnet_ops.db import findings as findings_db
 from bloodnet_ops.db.models_audit import DriftAlert, DriftMetric, DriftRun
 from bloodnet_ops.db.session import make_engine, session_scope
 from bloodnet_ops.drift import stats
@@ -332,13 +332,6 @@ def _store(session, run_key: str, params: dict[str, Any], sites: dict[str, list[
     return run_id, stored
 
 
-def latest_model_version(session) -> str | None:
-    return session.execute(
-        select(Finding.model_version).order_by(Finding.updated_at.desc(), Finding.id.desc())
-        .limit(1)
-    ).scalar_one_or_none()
-
-
 def run_drift(
     db_url: str,
     *,
@@ -377,7 +370,7 @@ def run_drift(
     engine = make_engine(db_url)
     try:
         with session_scope(engine) as session:
-            version = model_version or latest_model_version(session)
+            version = model_version or findings_db.latest_model_version(session)
             windows, skipped = site_windows(site_nights(session), spec)
             points = load_points(session, model_version=version, windows=windows)
             sites = compare_sites(points, windows, thresholds)
