@@ -96,9 +96,10 @@ def hu_threshold_scores(data: Path) -> dict[str, float]:
     (> 300 HU) less 3 px next to bone, slice by slice."""
     from scipy import ndimage
 
-    from bloodnet_ops.pipeline import load_study_volume, validate_source
+    from bloodnet_ops.pipeline import validate_source
     from bloodnet_ops.reasons import Verdict
     from bloodnet_ops.storage import LocalSource
+    from bloodnet_ops.volumes import load_study_volume
 
     src = LocalSource(data)
     out: dict[str, float] = {}

@@ -3,7 +3,7 @@
 Writes a small synthetic data set (real DICOM through ``bloodnet synth``), validates it, then
 times on the same studies:
 
-1. ``load``       DICOM → HU volumes only (``pipeline.load_study_volume``), sequentially;
+1. ``load``       DICOM → HU volumes only (``volumes.load_study_volume``), sequentially;
 2. ``compute``    the Predictor on volumes already in memory (no loading);
 3. ``sequential`` the peer: load a study, score it, load the next (``prefetch=0``: no thread);
 4. ``overlapped`` the Predictor pulling studies through its loading thread (the product path).
@@ -32,10 +32,11 @@ import torch
 from bloodnet_ops.model.checkpoint import save_checkpoint
 from bloodnet_ops.model.net import get_model
 from bloodnet_ops.model.predictor import DEFAULT_MODEL, Predictor
-from bloodnet_ops.pipeline import load_study_volume, validate_source
+from bloodnet_ops.pipeline import validate_source
 from bloodnet_ops.reasons import Verdict
 from bloodnet_ops.storage import LocalSource
 from bloodnet_ops.synth import generate_dataset
+from bloodnet_ops.volumes import load_study_volume
 
 
 def _model_path(arg: str | None, tmp: Path) -> Path:

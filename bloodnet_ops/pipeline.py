@@ -19,22 +19,18 @@ from __future__ import annotations
 
 import gc
 import logging
-import marshal
 import math
-import os
-import shutil
-import tempfile
 import time
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
-from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
-from bloodnet_ops.headers import fetch_error, header_from_values, header_values, read_headers
-from bloodnet_ops.hu import PADDING_HU, HUVolume, load_series, measure
+from bloodnet_ops.header_partitions import HeaderPartitions
+from bloodnet_ops.headers import fetch_error, read_headers
+from bloodnet_ops.hu import PADDING_HU, load_series
+from bloodnet_ops.hu_stats import measure
 from bloodnet_ops.reasons import Reason, Verdict, verdict_for
 from bloodnet_ops.records import (
     CheckResult,
@@ -181,7 +177,7 @@ def iter_validation(
     per_part = partition_objects or PARTITION_OBJECTS
     n_parts = max(1, math.ceil((total or 0) / max(1, per_part)))
     tally = _Tally()
-    with _Partitions(n_parts) as parts:
+    with HeaderPartitions(n_parts) as parts:
         n_read = 0
         rounds: list[Iterable[ObjectRef]] = [objects]
         while rounds:
@@ -207,83 +203,6 @@ def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
     it = iter(items)
     while chunk := list(islice(it, size)):
         yield chunk
-
-
-class _Partitions:
-    """Parsed headers grouped by study: in memory when there is one partition, else in
-    temporary files chosen by a hash of the study UID.
-
-    Headers carry PHI (PatientID, accession, descriptions), which must not rest on the worker's
-    disk readable: each spilled block is ``marshal`` (plain values only, nothing executable)
-    sealed with AES-GCM under a key that exists only in this object's memory, so files left by
-    a killed process are noise. The folder is private (``mkdtemp``: mode 0700) and removed on
-    exit."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.study_uids: set[str] = set()
-        self._memory: list[SliceHeader] = []
-        self._dir: Path | None = None
-        self._aead: Any = None
-
-    def __enter__(self) -> Self:
-        if self.n > 1:
-            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-            self._aead = AESGCM(AESGCM.generate_key(bit_length=256))
-            self._dir = Path(tempfile.mkdtemp(prefix="bloodnet-headers-"))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-        self._aead = None
-
-    def _path(self, i: int) -> Path:
-        assert self._dir is not None
-        return self._dir / f"part-{i:05d}.bin"
-
-    def add(self, parsed: Iterable[SliceHeader | UnreadableObject]) -> list[UnreadableObject]:
-        """File the headers; return the unreadable objects."""
-        bad: list[UnreadableObject] = []
-        spill: dict[int, list[tuple]] = {}
-        for p in parsed:
-            if isinstance(p, UnreadableObject):
-                bad.append(p)
-                continue
-            self.study_uids.add(p.study_uid)
-            if self.n == 1:
-                self._memory.append(p)
-            else:
-                i = zlib.crc32(p.study_uid.encode("utf-8", "surrogatepass")) % self.n
-                spill.setdefault(i, []).append(header_values(p))
-        for i, rows in spill.items():
-            nonce = os.urandom(12)
-            sealed = self._aead.encrypt(nonce, marshal.dumps(rows), None)
-            with open(self._path(i), "ab") as fh:
-                fh.write(len(sealed).to_bytes(8, "little") + nonce + sealed)
-        return bad
-
-    def drain(self) -> Iterator[list[SliceHeader]]:
-        """Each partition's headers, once; a spilled partition's file is removed as it is read."""
-        if self.n == 1:
-            headers, self._memory = self._memory, []
-            if headers:
-                yield headers
-            return
-        for i in range(self.n):
-            path = self._path(i)
-            if not path.exists():
-                continue
-            headers = []
-            with open(path, "rb") as fh:
-                while head := fh.read(8):
-                    size = int.from_bytes(head, "little")
-                    nonce, sealed = fh.read(12), fh.read(size)
-                    rows = marshal.loads(self._aead.decrypt(nonce, sealed, None))
-                    headers.extend(header_from_values(r) for r in rows)
-            path.unlink()
-            yield headers
 
 
 def _validate_partition(
@@ -568,28 +487,3 @@ def _check_accounting(report: ValidationReport) -> None:
     missing = set(listed) - set(seen)
     if twice or missing:
         raise AssertionError(f"accounting broken: {len(twice)} twice, {len(missing)} missing")
-
-
-# --------------------------------------------------------------------------- volumes
-def load_study_volume(source: Source, study: StudyResult, *, workers: int = 16) -> HUVolume:
-    """Full GETs of the selected series of ``study`` and its HU volume."""
-    if not study.series_keys:
-        raise ValueError("study has no selected series")
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="get") as pool:
-        blobs = list(pool.map(source.get, study.series_keys))
-    return load_series(blobs)
-
-
-def iter_scorable(
-    source: Source, report: ValidationReport, *, workers: int = 16
-) -> Iterator[tuple[StudyResult, HUVolume]]:
-    """Yield ``(study, volume)`` for every study that is not rejected, one at a time, with the
-    next study's GETs running while the caller scores the current one."""
-    jobs = [(s, list(s.series_keys)) for s in report.studies
-            if s.verdict != Verdict.REJECT and s.series_keys]
-    for study, blobs in prefetched(source, jobs, workers=workers):
-        if isinstance(blobs, BaseException):
-            raise blobs
-        volume = load_series(blobs)
-        del blobs
-        yield study, volume

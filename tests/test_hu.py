@@ -13,7 +13,8 @@ from badcorpus import GE, SIGNED, Profile, SeriesSpec, make_series, to_bytes
 from pydicom.uid import RLELossless
 
 from bloodnet_ops import hu as hu_mod
-from bloodnet_ops.hu import PADDING_HU, PixelDecodeError, load_series, load_series_files, measure
+from bloodnet_ops.hu import PADDING_HU, PixelDecodeError, load_series, load_series_files
+from bloodnet_ops.hu_stats import measure
 
 PROFILES = {
     "ge_unsigned12_m1024_pad0": GE,

@@ -16,10 +16,11 @@ import badcorpus
 import numpy as np
 import pytest
 
-from bloodnet_ops.pipeline import iter_scorable, load_study_volume, validate_source
+from bloodnet_ops.pipeline import validate_source
 from bloodnet_ops.reasons import Reason, Verdict
 from bloodnet_ops.records import ObjectRef
 from bloodnet_ops.storage import HEADER_BYTES, LocalSource, S3Source, upload_folder
+from bloodnet_ops.volumes import iter_scorable, load_study_volume
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ("good_ge", "good_signed", "hu_offset", "slice_gap", "duplicate_resent", "gantry_tilt")

@@ -104,7 +104,7 @@ def test_rerunning_a_run_id_redoes_it_with_identical_rows(
     found, batches, out = night()
     assert found.n_new == found.n_listed > 0
     assert [len(b) for b in batches] == [4, 2]
-    assert sum(c["n_scored"] for c in out) == 6
+    assert sum(c.n_scored for c in out) == 6
     sql = ("SELECT series_uid, model_version, preprocessing_version, probability, volume_ml,"
            " subtypes, patient_key, input_etags, run_id FROM findings ORDER BY series_uid")
     first, first_counts = query(fresh_db, sql), counts(fresh_db)

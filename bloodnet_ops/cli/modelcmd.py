@@ -210,7 +210,7 @@ def ablation(
 def _volumes(source: Any, studies: list, failed: dict[str, str]) -> Iterator[tuple]:
     """Load each accepted study lazily (run inside the Predictor's loading thread). A study whose
     pixels cannot be loaded is recorded in ``failed`` and skipped, never fatal for the rest."""
-    from bloodnet_ops.pipeline import load_study_volume
+    from bloodnet_ops.volumes import load_study_volume
 
     for study in studies:
         try:

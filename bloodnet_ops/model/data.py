@@ -86,7 +86,8 @@ def _load_volumes(data_dir: Path, labels: Sequence[StudyLabel]) -> Iterator[tupl
                                                                                    object]]:
     """Yield (label, HUVolume) for each study, through the pipeline's validation and loader."""
     try:
-        from bloodnet_ops.pipeline import load_study_volume, validate_source
+        from bloodnet_ops.pipeline import validate_source
+        from bloodnet_ops.volumes import load_study_volume
     except ImportError:  # TEMPORARY until helper D's pipeline lands
         yield from _load_volumes_private(data_dir, labels)
         return
