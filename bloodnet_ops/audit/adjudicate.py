@@ -11,10 +11,8 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
-from sqlalchemy.dialects.postgresql import insert
-
-from bloodnet_ops.db.models_audit import ADJUDICATION_OUTCOMES, AUDIT_KINDS, Adjudication, AuditItem
+from bloodnet_ops.db import audit as audit_db
+from bloodnet_ops.db.models_audit import ADJUDICATION_OUTCOMES, AUDIT_KINDS
 from bloodnet_ops.db.session import make_engine, session_scope
 from bloodnet_ops.pseudonym import pseudonymise
 
@@ -66,22 +64,12 @@ def adjudicate(
     engine = make_engine(db_url)
     try:
         with session_scope(engine) as session:
-            if require_worklist:
-                listed = session.execute(
-                    select(AuditItem.id).where(AuditItem.study_uid == study_uid,
-                                               AuditItem.kind == kind).limit(1)
-                ).first()
-                if listed is None:
-                    raise NotOnWorklist(f"study {study_uid} is not on any worklist as {kind}")
+            if require_worklist and not audit_db.on_worklist(session, study_uid=study_uid,
+                                                             kind=kind):
+                raise NotOnWorklist(f"study {study_uid} is not on any worklist as {kind}")
             values = {"study_uid": study_uid, "kind": kind, "outcome": outcome,
                       "reviewer_key": pseudonymise(reviewer), "note": note}
-            stmt = insert(Adjudication).values(**values)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["study_uid", "kind"],
-                set_={"outcome": stmt.excluded.outcome, "reviewer_key": stmt.excluded.reviewer_key,
-                      "note": stmt.excluded.note, "updated_at": func.now()},
-            ).returning(Adjudication.updated_at)
-            updated_at = session.execute(stmt).scalar_one()
+            updated_at = audit_db.upsert_adjudication(session, **values)
     finally:
         engine.dispose()
     log.info("adjudication kind=%s outcome=%s", kind, outcome)

@@ -26,12 +26,9 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, literal_column, select, update
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from bloodnet_ops.db.models import Study
-from bloodnet_ops.db.models_audit import RadiologyRead
+from bloodnet_ops.db import reads as reads_db
 from bloodnet_ops.pseudonym import pseudonymise
 
 log = logging.getLogger(__name__)
@@ -199,21 +196,6 @@ def parse_row(raw: dict[str, Any], *, row_number: int, source: str, keep_report:
     return values
 
 
-def _upsert(session: Session, rows: list[dict]) -> tuple[int, int]:
-    inserted = updated = 0
-    for start in range(0, len(rows), BATCH):
-        stmt = insert(RadiologyRead).values(rows[start : start + BATCH])
-        cols = {c: stmt.excluded[c] for c in rows[0] if c != "read_key"}
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["read_key"], set_={**cols, "updated_at": func.now()}
-        )
-        # xmax = 0 only on a freshly inserted tuple: tells inserts from updates in one statement.
-        flags = session.execute(stmt.returning(literal_column("(xmax = 0)"))).scalars().all()
-        inserted += sum(1 for f in flags if f)
-        updated += sum(1 for f in flags if not f)
-    return inserted, updated
-
-
 def import_reads(session: Session, uri: str | Path, *, keep_report: bool = False,
                  s3: Any = None) -> ReadsImport:
     """Import one reads file into ``radiology_reads`` and match it against screened studies.
@@ -239,19 +221,13 @@ def import_reads(session: Session, uri: str | Path, *, keep_report: bool = False
         by_key[values["read_key"]] = values  # ON CONFLICT cannot touch one row twice per statement
     rows = list(by_key.values())
     if rows:
-        report.inserted, report.updated = _upsert(session, rows)
+        report.inserted, report.updated = reads_db.upsert_reads(session, rows=rows)
     match_reads(session)
     keys = [r["read_key"] for r in rows]
-    for start in range(0, len(keys), BATCH):
-        got = session.execute(
-            select(RadiologyRead.row_number, RadiologyRead.status, RadiologyRead.unmatched_reason,
-                   RadiologyRead.study_uid)
-            .where(RadiologyRead.read_key.in_(keys[start : start + BATCH]))
-        ).all()
-        for row_number, status, reason, uid in got:
-            setattr(report, status, getattr(report, status) + 1)
-            if status != "matched":
-                report.problems.append(ReadProblem(row_number, reason or status, uid))
+    for row_number, status, reason, uid in reads_db.read_outcomes(session, read_keys=keys):
+        setattr(report, status, getattr(report, status) + 1)
+        if status != "matched":
+            report.problems.append(ReadProblem(row_number, reason or status, uid))
     report.problems.sort(key=lambda p: p.row_number)
     log.info("reads import %s", json.dumps(report.summary()))
     return report
@@ -262,15 +238,10 @@ def match_reads(session: Session) -> dict[str, int]:
     accession number. A read whose UID and accession point to two different studies, or whose
     site differs from the study's, stays unmatched with that reason. Only rows whose outcome
     changed are written. Returns counts by status."""
-    reads = session.execute(
-        select(RadiologyRead.id, RadiologyRead.study_uid, RadiologyRead.accession_key,
-               RadiologyRead.site, RadiologyRead.status, RadiologyRead.matched_study_uid,
-               RadiologyRead.unmatched_reason)
-        .where(RadiologyRead.status != "invalid")
-    ).all()
-    site_of, uid_of_acc = _studies_for(
-        session, {r.study_uid for r in reads if r.study_uid},
-        {r.accession_key for r in reads if r.accession_key},
+    reads = reads_db.valid_reads(session)
+    site_of, uid_of_acc = reads_db.studies_named(
+        session, uids={r.study_uid for r in reads if r.study_uid},
+        accession_keys={r.accession_key for r in reads if r.accession_key},
     )
     counts: Counter[str] = Counter()
     changed = []
@@ -289,32 +260,8 @@ def match_reads(session: Session) -> dict[str, int]:
         if (status, target, reason) != (r.status, r.matched_study_uid, r.unmatched_reason):
             changed.append({"id": r.id, "matched_study_uid": target, "matched": target is not None,
                             "status": status, "unmatched_reason": reason})
-    if changed:
-        session.execute(update(RadiologyRead), changed)
+    reads_db.set_match_outcomes(session, changed=changed)
     return dict(counts)
-
-
-def _studies_for(
-    session: Session, uids: set[str], accession_keys: set[str]
-) -> tuple[dict[str, str], dict[str, str]]:
-    """``study_uid → site`` and ``accession_key → study_uid`` of the screened studies that any of
-    ``uids`` or ``accession_keys`` name (queried in chunks)."""
-    site_of: dict[str, str] = {}
-    uid_of_acc: dict[str, str] = {}
-    wanted = [("uid", u) for u in sorted(uids)] + [("acc", a) for a in sorted(accession_keys)]
-    for start in range(0, len(wanted), BATCH):
-        chunk = wanted[start : start + BATCH]
-        by_uid = [v for k, v in chunk if k == "uid"]
-        by_acc = [v for k, v in chunk if k == "acc"]
-        for uid, acc, site in session.execute(
-            select(Study.study_uid, Study.accession_key, Study.site).where(
-                Study.study_uid.in_(by_uid) | Study.accession_key.in_(by_acc)
-            )
-        ):
-            site_of[uid] = site
-            if acc:
-                uid_of_acc[acc] = uid
-    return site_of, uid_of_acc
 
 
 def import_reads_uri(db_url: str, uri: str | Path, *, keep_report: bool = False,

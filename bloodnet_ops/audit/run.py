@@ -16,10 +16,6 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Date, cast, delete, func, or_, select
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.orm import Session
-
 from bloodnet_ops.audit.figures import (
     LabelledCase,
     SiteFigures,
@@ -30,15 +26,8 @@ from bloodnet_ops.audit.figures import (
 from bloodnet_ops.audit.reads import ReadsImport, import_reads, match_reads
 from bloodnet_ops.audit.sampling import SamplingPlan, seed_for
 from bloodnet_ops.audit.worklist import AuditCase, WorklistItem, build_worklist
+from bloodnet_ops.db import audit as audit_db
 from bloodnet_ops.db import findings as findings_db
-from bloodnet_ops.db.models import Finding, Study
-from bloodnet_ops.db.models_audit import (
-    Adjudication,
-    AuditItem,
-    AuditMetric,
-    AuditRun,
-    RadiologyRead,
-)
 from bloodnet_ops.db.session import make_engine, session_scope
 
 log = logging.getLogger(__name__)
@@ -83,60 +72,6 @@ def _as_date(value: date | str | None) -> date | None:
     return date.fromisoformat(str(value))
 
 
-def _study_day():
-    """A study's day: its DICOM StudyDate, else the day it was scored."""
-    return func.coalesce(Study.study_date, cast(Finding.created_at, Date))
-
-
-def load_cases(
-    session: Session, *, model_version: str, date_from: date | None, date_to: date | None
-) -> list[AuditCase]:
-    """One case per study scored by ``model_version`` in the window (the newest finding wins
-    when a study has several, e.g. two preprocessing versions), with its read and adjudications."""
-    day = _study_day()
-    q = (
-        select(Finding)
-        .join(Study, Study.study_uid == Finding.study_uid)
-        .where(Finding.model_version == model_version)
-        .order_by(Finding.study_uid, Finding.updated_at.desc(), Finding.id.desc())
-        .distinct(Finding.study_uid)
-    )
-    if date_from:
-        q = q.where(day >= date_from)
-    if date_to:
-        q = q.where(day <= date_to)
-    findings = session.execute(q).scalars().all()
-    uids = [f.study_uid for f in findings]
-    reads: dict[str, bool] = {}
-    adjs: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for chunk in (uids[i : i + 5000] for i in range(0, len(uids), 5000)):
-        # Several reads of one study (by UID and by accession): the newest read wins.
-        for uid, ich in session.execute(
-            select(RadiologyRead.matched_study_uid, RadiologyRead.ich)
-            .where(RadiologyRead.matched_study_uid.in_(chunk), RadiologyRead.matched.is_(True))
-            .order_by(RadiologyRead.matched_study_uid, RadiologyRead.read_date.desc().nulls_last(),
-                      RadiologyRead.updated_at.desc())
-            .distinct(RadiologyRead.matched_study_uid)
-        ):
-            reads[uid] = bool(ich)
-        for uid, kind, outcome in session.execute(
-            select(Adjudication.study_uid, Adjudication.kind, Adjudication.outcome)
-            .where(Adjudication.study_uid.in_(chunk))
-            .order_by(Adjudication.updated_at, Adjudication.id)
-        ):
-            adjs[uid].append((kind, outcome))
-    return [
-        AuditCase(
-            study_uid=f.study_uid, site=f.site, series_uid=f.series_uid,
-            model_version=f.model_version, probability=float(f.probability),
-            positive=bool(f.positive), volume_ml=float(f.volume_ml),
-            read_ich=reads.get(f.study_uid), seg_key=f.seg_key, sr_key=f.sr_key,
-            adjudications=tuple(adjs.get(f.study_uid, ())),
-        )
-        for f in findings
-    ]
-
-
 def _labelled(cases: list[AuditCase]) -> list[LabelledCase]:
     out = []
     for c in cases:
@@ -160,50 +95,6 @@ def _reread_miss_rates(cases: list[AuditCase], sites: dict[str, SiteFigures],
         fig.extra["reread_miss_rate"] = proportion(sum(vals), len(vals))
     everything = [v for vals in settled.values() for v in vals]
     overall.extra["reread_miss_rate"] = proportion(sum(everything), len(everything))
-
-
-def _unmatched_reads(session: Session, date_from: date | None, date_to: date | None) -> int:
-    q = select(func.count()).select_from(RadiologyRead).where(RadiologyRead.matched.is_(False))
-    if date_from:
-        q = q.where(or_(RadiologyRead.read_date.is_(None), RadiologyRead.read_date >= date_from))
-    if date_to:
-        q = q.where(or_(RadiologyRead.read_date.is_(None), RadiologyRead.read_date <= date_to))
-    return int(session.execute(q).scalar_one())
-
-
-def _store(session: Session, run: dict[str, Any], items: list[WorklistItem],
-           figures: list[SiteFigures]) -> int:
-    stmt = insert(AuditRun).values(**run)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["run_key"],
-        set_={k: stmt.excluded[k] for k in run if k != "run_key"} | {"started_at": func.now()},
-    ).returning(AuditRun.id)
-    run_id = int(session.execute(stmt).scalar_one())
-    session.execute(delete(AuditItem).where(AuditItem.audit_run_id == run_id))
-    session.execute(delete(AuditMetric).where(AuditMetric.audit_run_id == run_id))
-    if items:
-        session.execute(insert(AuditItem), [
-            {"audit_run_id": run_id, "study_uid": it.study_uid, "site": it.site, "kind": it.kind,
-             "probability": it.probability, "volume_ml": it.volume_ml, "rank": it.rank,
-             "read_ich": it.read_ich, "model_version": it.model_version,
-             "series_uid": it.series_uid, "seg_key": it.seg_key, "sr_key": it.sr_key}
-            for it in items
-        ])
-    metric_rows = [
-        {"audit_run_id": run_id, "site": fig.site, "metric": name, "value": est.value,
-         "ci_lo": est.ci[0] if est.ci else None, "ci_hi": est.ci[1] if est.ci else None,
-         "n": est.n, "method": est.method}
-        for fig in figures
-        for name, est in fig.estimates().items()
-    ] + [
-        {"audit_run_id": run_id, "site": fig.site, "metric": name, "value": float(value),
-         "ci_lo": None, "ci_hi": None, "n": fig.n, "method": "count"}
-        for fig in figures
-        for name, value in (("n", fig.n), ("n_positive", fig.n_positive), ("tp", fig.tp),
-                            ("fp", fig.fp), ("tn", fig.tn), ("fn", fig.fn))
-    ]
-    session.execute(insert(AuditMetric), metric_rows)
-    return run_id
 
 
 def run_audit(
@@ -253,12 +144,13 @@ def run_audit(
             if imported is None:
                 match_reads(session)  # studies screened since the last import may match now
             version = model_version or findings_db.latest_model_version(session)
-            cases = (load_cases(session, model_version=version, date_from=d_from, date_to=d_to)
+            cases = (audit_db.load_cases(session, model_version=version, date_from=d_from,
+                                          date_to=d_to)
                      if version else [])
             worklist = build_worklist(cases, plan, seed=seed_for(run_key, seed))
             sites, overall = compute_figures(_labelled(cases))
             _reread_miss_rates(cases, sites, overall)
-            unmatched = _unmatched_reads(session, d_from, d_to)
+            unmatched = audit_db.unmatched_reads(session, date_from=d_from, date_to=d_to)
             counts = {
                 "studies": len(cases),
                 "with_read": sum(c.read_ich is not None for c in cases),
@@ -271,11 +163,11 @@ def run_audit(
             params = {"reread_rate": reread_rate, "reread_min": reread_min,
                       "reread_max": reread_max, "seed": seed_for(run_key, seed),
                       "reads": str(reads) if reads is not None else None}
-            run_id = _store(session, {
+            run_id = audit_db.store_audit_run(session, run={
                 "run_key": run_key, "date_from": d_from, "date_to": d_to,
                 "model_version": version, "params": params, "counts": counts,
-                "finished_at": func.now(),
-            }, worklist, [*sites.values(), overall])
+                "finished_at": audit_db.NOW,
+            }, items=worklist, figures=[*sites.values(), overall])
     finally:
         engine.dispose()
     log.info("audit run=%s model=%s counts=%s", run_key, version, counts)

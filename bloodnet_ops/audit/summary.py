@@ -3,10 +3,10 @@ demo's closing report and for logs). Numbers, sites and metric names only: no PH
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from bloodnet_ops.db.models_audit import AuditItem, AuditMetric, AuditRun, DriftAlert, DriftRun
+from bloodnet_ops.db import audit as audit_db
+from bloodnet_ops.db.models_audit import AuditMetric
 from bloodnet_ops.db.session import make_engine, session_scope
 
 
@@ -19,15 +19,10 @@ def _ci(value: float | None, lo: float | None, hi: float | None) -> str:
 
 
 def _audit_lines(session: Session) -> list[str]:
-    run = session.execute(
-        select(AuditRun).order_by(AuditRun.started_at.desc(), AuditRun.id.desc()).limit(1)
-    ).scalar_one_or_none()
-    if run is None:
+    latest = audit_db.latest_audit(session)
+    if latest is None:
         return ["audit: no audit run yet"]
-    kinds = dict(session.execute(
-        select(AuditItem.kind, func.count()).where(AuditItem.audit_run_id == run.id)
-        .group_by(AuditItem.kind)
-    ).tuples().all())
+    run, kinds, found = latest
     head = (f"audit {run.run_key} (model {run.model_version}): worklist "
             f"{sum(kinds.values())} = {kinds.get('missed_by_reader', 0)} missed by reader + "
             f"{kinds.get('missed_by_model', 0)} missed by model + "
@@ -35,11 +30,7 @@ def _audit_lines(session: Session) -> list[str]:
             f"{run.counts.get('unmatched_reads', 0)}")
     lines = [head]
     metrics: dict[str, dict[str, AuditMetric]] = {}
-    for m in session.execute(
-        select(AuditMetric).where(AuditMetric.audit_run_id == run.id,
-                                  AuditMetric.metric.in_(("sensitivity", "specificity", "auc",
-                                                          "n")))
-    ).scalars():
+    for m in found:
         metrics.setdefault(m.site, {})[m.metric] = m
     for site in sorted(metrics, key=lambda s: (s == "overall", s)):
         row = metrics[site]
@@ -52,15 +43,10 @@ def _audit_lines(session: Session) -> list[str]:
 
 
 def _drift_lines(session: Session) -> list[str]:
-    run = session.execute(
-        select(DriftRun).order_by(DriftRun.started_at.desc(), DriftRun.id.desc()).limit(1)
-    ).scalar_one_or_none()
-    if run is None:
+    latest = audit_db.latest_drift(session)
+    if latest is None:
         return ["drift: no drift run yet"]
-    alerts = session.execute(
-        select(DriftAlert).where(DriftAlert.drift_run_id == run.id)
-        .order_by(DriftAlert.site, DriftAlert.family, DriftAlert.feature)
-    ).scalars().all()
+    run, alerts = latest
     lines = [f"drift {run.run_key}: {run.counts.get('sites', 0)} sites compared, "
              + f"{len(alerts)} alerts"]
     for a in alerts:

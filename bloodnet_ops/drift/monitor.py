@@ -32,11 +32,8 @@ from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any
 
-from sqlalchemy import delete, func, update
-from sqlalchemy.dialects.postgresql import insert
-
+from bloodnet_ops.db import drift as drift_db
 from bloodnet_ops.db import findings as findings_db
-from bloodnet_ops.db.models_audit import DriftAlert, DriftMetric, DriftRun
 from bloodnet_ops.db.session import make_engine, session_scope
 from bloodnet_ops.drift import stats
 from bloodnet_ops.drift.alerts import Alert, log_alert, post_webhook, webhook_payload
@@ -44,8 +41,6 @@ from bloodnet_ops.drift.features import (
     HU_FEATURES,
     METADATA_FEATURES,
     StudyPoint,
-    load_points,
-    site_nights,
 )
 from bloodnet_ops.drift.windows import Windows, WindowSpec, choose_windows
 
@@ -302,36 +297,6 @@ def compare_sites(
     return out
 
 
-def _store(session, run_key: str, params: dict[str, Any], sites: dict[str, list[DriftStat]],
-           counts: dict[str, int]) -> tuple[int, list[tuple[int, DriftStat]]]:
-    stmt = insert(DriftRun).values(run_key=run_key, params=params, counts=counts,
-                                   finished_at=func.now())
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["run_key"],
-        set_={"params": stmt.excluded.params, "counts": stmt.excluded.counts,
-              "started_at": func.now(), "finished_at": func.now()},
-    ).returning(DriftRun.id)
-    run_id = int(session.execute(stmt).scalar_one())
-    session.execute(delete(DriftMetric).where(DriftMetric.drift_run_id == run_id))
-    rows = [m for ms in sites.values() for m in ms]
-    stored: list[tuple[int, DriftStat]] = []
-    for start in range(0, len(rows), 1000):
-        chunk = rows[start : start + 1000]
-        stmt = insert(DriftMetric).returning(DriftMetric.id, sort_by_parameter_order=True)
-        ids = session.execute(stmt, [
-            {"drift_run_id": run_id, "site": m.site, "family": m.family, "feature": m.feature,
-             "statistic": m.statistic, "value": m.value, "p_value": m.p_value,
-             "threshold_warn": m.threshold_warn, "threshold_alert": m.threshold_alert,
-             "status": m.status, "n_reference": m.n_reference, "n_recent": m.n_recent,
-             "reference_from": m.windows.reference_from, "reference_to": m.windows.reference_to,
-             "recent_from": m.windows.recent_from, "recent_to": m.windows.recent_to,
-             "note": m.note}
-            for m in chunk
-        ]).scalars().all()
-        stored.extend(zip(ids, chunk, strict=True))
-    return run_id, stored
-
-
 def run_drift(
     db_url: str,
     *,
@@ -371,8 +336,8 @@ def run_drift(
     try:
         with session_scope(engine) as session:
             version = model_version or findings_db.latest_model_version(session)
-            windows, skipped = site_windows(site_nights(session), spec)
-            points = load_points(session, model_version=version, windows=windows)
+            windows, skipped = site_windows(drift_db.site_nights(session), spec)
+            points = drift_db.load_points(session, model_version=version, windows=windows)
             sites = compare_sites(points, windows, thresholds)
             all_rows = [m for ms in sites.values() for m in ms]
             counts = {s: sum(m.status == s for m in all_rows) for s in ("ok", "warn", "alert")}
@@ -382,19 +347,15 @@ def run_drift(
                       "reference_from": spec.reference_from, "reference_to": spec.reference_to,
                       "model_version": version, "skipped_sites": skipped}
             params = {k: (v.isoformat() if isinstance(v, date) else v) for k, v in params.items()}
-            run_id, stored = _store(session, run_key, params, sites, counts)
+            run_id, stored = drift_db.store_drift_run(session, run_key=run_key, params=params,
+                                                      sites=sites, counts=counts)
             alerts = [
                 (mid, Alert(m.site, m.family, m.feature, m.statistic, float(m.value),
                             m.threshold_alert, m.p_value))
                 for mid, m in stored if m.status == "alert"
             ]
             if alerts:  # the row is the record; the webhook outcome is filled in below
-                session.execute(insert(DriftAlert), [
-                    {"drift_run_id": run_id, "drift_metric_id": mid, "site": a.site,
-                     "family": a.family, "feature": a.feature, "statistic": a.statistic,
-                     "value": a.value, "threshold": a.threshold, "delivery": "pending"}
-                    for mid, a in alerts
-                ])
+                drift_db.insert_alerts(session, drift_run_id=run_id, alerts=alerts)
             for _, alert in alerts:
                 log_alert(alert, drift_run_id=run_id)
             for m in all_rows:
@@ -407,10 +368,7 @@ def run_drift(
             delivery = post_webhook(webhook_payload([a for _, a in alerts], drift_run_id=run_id),
                                     webhook_url)
             with session_scope(engine) as session:
-                session.execute(
-                    update(DriftAlert).where(DriftAlert.drift_run_id == run_id)
-                    .values(delivery=delivery)
-                )
+                drift_db.set_alert_delivery(session, drift_run_id=run_id, delivery=delivery)
     finally:
         engine.dispose()
     log.info("drift run=%s sites=%d counts=%s", run_key, len(sites), counts)
