@@ -20,7 +20,7 @@ AUCs against the overall one; run it with ``--model`` on two checkpoints to comp
 Usage::
 
     .venv/bin/python bench/bench_generalisation.py [--studies 100] [--seed 7]
-        [--model models/bloodnet.pt] [--out reports/generalisation.json]
+        [--model models/bloodnet.pt] [--out bench/out/generalisation.json]
         [--data DIR] [--matrix 512] [--workers 1] [--device cpu] [--keep]
 """
 
