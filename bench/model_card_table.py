@@ -10,7 +10,9 @@ from pathlib import Path
 
 ROLES = {"rep-256": "report (radiology_phantom, 256²)", "rep-512": "report (radiology_phantom, 512²)",
          "sel-256": "selection (holdout_phantom, 256²)", "sel-512": "selection (holdout_phantom, 512²)",
-         "own-test": "own generator test (synth seed 97)"}
+         "own-test": "own generator test (synth seed 97)",
+         "rep-256-previous": "report 256², previous weights (v3)",
+         "rep-512-previous": "report 512², previous weights (v3)"}
 
 
 def _auc(b: dict) -> str:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from bloodnet_ops.header_partitions import HeaderPartitions
 from bloodnet_ops.headers import fetch_error, read_headers
@@ -45,7 +45,7 @@ from bloodnet_ops.records import (
 from bloodnet_ops.series import Duplicates, group_by_study, select_series
 from bloodnet_ops.storage import Source
 from bloodnet_ops.validation import run_suite
-from bloodnet_ops.validation_rules import series_rows
+from bloodnet_ops.validation_rules import HeaderRow, HURow, series_rows
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +240,7 @@ def _validate_partition(
         plans.append(plan)
 
     # header suite over every selected series of the partition at once
-    rows: list[dict[str, Any]] = []
+    rows: list[HeaderRow] = []
     for plan in plans:
         sel = plan.selection
         if sel.series_uid is None or sel.reasons:
@@ -249,8 +249,8 @@ def _validate_partition(
         facts = series_rows(sel, [plan.described] if plan.described else [])
         plan.duplicates = facts.duplicates
         plan.n_slices = len(facts.rows)
-        plan.anatomy = facts.rows[0]["anatomy"] if facts.rows else "unknown"
-        plan.series_keys = list(dict.fromkeys(r["key"] for r in facts.rows))  # frames share one
+        plan.anatomy = facts.rows[0].anatomy if facts.rows else "unknown"
+        plan.series_keys = list(dict.fromkeys(r.key for r in facts.rows))  # frames share one
         rows.extend(facts.rows)
     outcome = run_suite("header", rows)
     del rows
@@ -348,14 +348,12 @@ def _duplicate_keys(plan: _Plan) -> list[str]:
     return [key for sop in sorted(dups.resent) for key in dups.extra_keys.get(sop, [])]
 
 
-def _empty_hu_row(plan: _Plan) -> dict[str, Any]:
+def _empty_hu_row(plan: _Plan) -> HURow:
     """The HU row of a series whose pixels were not decoded (fails ``pixels_decoded``)."""
-    return {"study_uid": plan.study_uid, "decoded": False, "air_peak": None,
-            "tissue_median": None, "outside_fraction": None, "duplicate_bytes_differ": False,
-            "lung_fraction": None}
+    return HURow(plan.study_uid)
 
 
-def _hu_row(plan: _Plan, blobs: list[bytes] | BaseException) -> dict[str, Any]:
+def _hu_row(plan: _Plan, blobs: list[bytes] | BaseException) -> HURow:
     row = _empty_hu_row(plan)
     if isinstance(blobs, BaseException):
         if not isinstance(blobs, Exception) or fetch_error(blobs) is None:
@@ -365,7 +363,7 @@ def _hu_row(plan: _Plan, blobs: list[bytes] | BaseException) -> dict[str, Any]:
     n = len(plan.series_keys)
     series_blobs, extra = blobs[:n], blobs[n:]
     if extra:
-        row["duplicate_bytes_differ"] = _copies_differ(plan, series_blobs, extra)
+        row.duplicate_bytes_differ = _copies_differ(plan, series_blobs, extra)
     try:
         volume = load_series(series_blobs, padding_mask=True)
         m = measure(volume)
@@ -379,18 +377,18 @@ def _hu_row(plan: _Plan, blobs: list[bytes] | BaseException) -> dict[str, Any]:
     finally:
         del series_blobs
     del volume
-    row["decoded"] = True
+    row.decoded = True
     # no air visible: where the darkest voxels are instead (unless padding may hide the air)
-    row["air_peak"] = m.air_peak if m.air_peak is not None else (
+    row.air_peak = m.air_peak if m.air_peak is not None else (
         m.dark_level if m.padding_fraction < 0.01 else None)
     # no tissue on the central slices: report the brightest level found, which fails the range
     # brain where air is (the mode), not a median that air outside the head can dilute into range
     level = m.tissue_level if m.tissue_level is not None else m.brain_median
-    row["tissue_median"] = (level if level is not None
+    row.tissue_median = (level if level is not None
                             else m.p99 if math.isfinite(m.p99) else PADDING_HU)
-    row["outside_fraction"] = m.outside_fraction
+    row.outside_fraction = m.outside_fraction
     if plan.anatomy == "unknown":  # the header named no region: let the pixels speak
-        row["lung_fraction"] = m.lung_fraction
+        row.lung_fraction = m.lung_fraction
     plan.hu = HUStats(
         air_peak=m.air_peak, brain_median=m.brain_median, p01=m.p01, p99=m.p99,
         min=m.min, max=m.max, mean=m.mean, std=m.std,

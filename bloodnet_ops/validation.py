@@ -38,6 +38,7 @@ Decisions where DESIGN.md leaves room:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -54,6 +55,8 @@ from bloodnet_ops.validation_rules import (
     MIN_EXTENT_MM,
     MIN_SLICES,
     MIN_STEP_RATIO,
+    HeaderRow,
+    HURow,
 )
 
 log = logging.getLogger(__name__)
@@ -153,6 +156,14 @@ HU_RULES: tuple[Rule, ...] = (
 )
 
 SUITES: dict[str, tuple[Rule, ...]] = {"header": HEADER_RULES, "hu": HU_RULES}
+#: The row type of each suite: every rule's column is one of its fields (checked below, so a
+#: renamed field fails at import instead of silently validating a missing column).
+ROW_TYPES: dict[str, type] = {"header": HeaderRow, "hu": HURow}
+for _suite, _rules in SUITES.items():
+    _fields = {f.name for f in dataclasses.fields(ROW_TYPES[_suite])}
+    _missing = {r.column for r in _rules} - _fields
+    if _missing:
+        raise TypeError(f"{_suite} rules name columns its rows lack: {sorted(_missing)}")
 
 
 class _GXRunner:
@@ -248,15 +259,17 @@ class SuiteOutcome:
     rejecting: dict[str, set[Reason]]
 
 
-def run_suite(suite: str, rows: Sequence[dict[str, Any]]) -> SuiteOutcome:
-    """Validate ``rows`` (dicts with a ``study_uid``) with one GX run of ``suite``."""
+def run_suite(suite: str, rows: Sequence[Any]) -> SuiteOutcome:
+    """Validate ``rows`` (the suite's :data:`ROW_TYPES` records, or dicts with the same keys)
+    with one GX run of ``suite``."""
     import pandas as pd
 
     rules = SUITES[suite]
     out = SuiteOutcome({}, {}, {})
     if not rows:
         return out
-    frame = pd.DataFrame(list(rows))
+    frame = pd.DataFrame([dataclasses.asdict(r) if dataclasses.is_dataclass(r) else r
+                          for r in rows])
     studies = list(dict.fromkeys(frame["study_uid"]))
     columns = {c: frame[c].tolist() for c in frame.columns}
     by_study: dict[str, list[int]] = {}

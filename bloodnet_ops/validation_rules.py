@@ -177,10 +177,48 @@ def _pick_copies(slices: list[SliceHeader], dups: Duplicates) -> list[SliceHeade
 
 
 @dataclass(slots=True)
-class SeriesFactsTable:
-    """Per-slice rows (dicts) of one selected series, plus its study-level observations."""
+class HeaderRow:
+    """One slice of a selected series, as the header suite sees it (one field per rule column;
+    ``validation`` checks at import that every rule names a field)."""
 
-    rows: list[dict]
+    study_uid: str
+    key: str
+    modality: str | None
+    sop_class_uid: str | None
+    anatomy: str
+    axial_angle_deg: float  #: the series' angle (one odd slice is inconsistent geometry)
+    geometry_consistent: bool
+    rescale_present: bool
+    n_slices: int
+    extent_mm: float
+    step_ratio: float
+    duplicate_conflict: bool
+    duplicate_resent: bool
+    contrast_agent: bool
+    tilted: bool
+    tilt_deg: float
+    transfer_syntax: str | None
+    decodable: bool
+
+
+@dataclass(slots=True)
+class HURow:
+    """One study's HU measurements, as the HU suite sees them (``None``: not measured)."""
+
+    study_uid: str
+    decoded: bool = False
+    air_peak: float | None = None
+    tissue_median: float | None = None
+    outside_fraction: float | None = None
+    duplicate_bytes_differ: bool = False
+    lung_fraction: float | None = None
+
+
+@dataclass(slots=True)
+class SeriesFactsTable:
+    """Per-slice rows of one selected series, plus its study-level observations."""
+
+    rows: list[HeaderRow]
     duplicates: Duplicates
     tilted: bool
 
@@ -242,29 +280,25 @@ def series_rows(sel: SeriesSelection, study_headers: list[SliceHeader]) -> Serie
             and h.pixel_spacing is not None
             and not dup_pos[i]
         )
-        rows.append(
-            {
-                "study_uid": sel.study_uid,
-                "key": h.key,
-                "modality": h.modality,
-                "sop_class_uid": h.sop_class_uid,
-                "anatomy": anat,
-                # the series' angle: one odd slice is inconsistent geometry, not a non-axial
-                # series
-                "axial_angle_deg": angle if angle is not None else math.nan,
-                "geometry_consistent": bool(geometry_ok),
-                "rescale_present": h.rescale_slope is not None and h.rescale_intercept is not None,
-                "n_slices": n,
-                "extent_mm": extent,
-                "step_ratio": float(ratio[i]),
-                "duplicate_conflict": h.sop_uid in dups.conflicting,
-                "duplicate_resent": h.sop_uid in dups.resent,
-                "contrast_agent": has_contrast(h.contrast_agent),
-                "tilted": tilted,
-                "tilt_deg": max(angle or 0.0, tilt_tag, shear),
-                "transfer_syntax": h.transfer_syntax,
-                "decodable": transfer_syntax_decodable(h.transfer_syntax)
-                and (h.samples_per_pixel in (None, 1)),
-            }
-        )
+        rows.append(HeaderRow(
+            study_uid=sel.study_uid,
+            key=h.key,
+            modality=h.modality,
+            sop_class_uid=h.sop_class_uid,
+            anatomy=anat,
+            axial_angle_deg=angle if angle is not None else math.nan,
+            geometry_consistent=bool(geometry_ok),
+            rescale_present=h.rescale_slope is not None and h.rescale_intercept is not None,
+            n_slices=n,
+            extent_mm=extent,
+            step_ratio=float(ratio[i]),
+            duplicate_conflict=h.sop_uid in dups.conflicting,
+            duplicate_resent=h.sop_uid in dups.resent,
+            contrast_agent=has_contrast(h.contrast_agent),
+            tilted=tilted,
+            tilt_deg=max(angle or 0.0, tilt_tag, shear),
+            transfer_syntax=h.transfer_syntax,
+            decodable=transfer_syntax_decodable(h.transfer_syntax)
+            and (h.samples_per_pixel in (None, 1)),
+        ))
     return SeriesFactsTable(rows, dups, tilted)

@@ -6,7 +6,7 @@
 #   report     bench/radiology_phantom.py      figures only; nothing is chosen on it
 # plus the own generator's test split (optimistic: same generator as training).
 #
-#   scripts/select_model.sh CANDIDATE.pt OUT.pt [WORK_DIR]
+#   [COMPARE=previous.pt] scripts/select_model.sh CANDIDATE.pt OUT.pt [WORK_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CAND=$1
@@ -36,6 +36,12 @@ for set in rep-256 rep-512 sel-256 sel-512 own-test; do
   "$PY" bench/bench_generalisation.py --data "$WORK/$set" --model "$OUT" \
     --out "reports/model/$set.json" --workers "$W"
 done
+if [ -n "${COMPARE:-}" ]; then  # the previous weights on the same report studies
+  for set in rep-256 rep-512; do
+    "$PY" bench/bench_generalisation.py --data "$WORK/$set" --model "$COMPARE" \
+      --out "reports/model/$set-previous.json" --workers "$W"
+  done
+fi
 "$BN" eval --data "$WORK/rep-256" --model "$OUT" --json --reliability \
   reports/model/reliability-rep-256.png --target-sensitivity 0.95 > reports/model/eval-rep-256.json
 "$BN" eval --data "$WORK/sel-256" --model "$OUT" --json --reliability \

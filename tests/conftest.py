@@ -38,6 +38,9 @@ _SERVICE_FIXTURES = {"pg_server_url", "database_url", "s3_server", "s3_bucket", 
                      "dashboard_db"}
 _AIRFLOW_FIXTURES = {"airflow_home", "airflow_conns", "dagbag"}
 _KINDS = ("services", "airflow", "browser", "slow")
+#: Tests that train, render many phantoms or fuzz: slow on 2 cores, whatever they need.
+_SLOW = ("test_training.py", "test_fuzz_headers.py", "test_holdout_phantom.py",
+         "test_radiology_phantom.py", "test_synth_anatomy.py", "test_real_loaders.py")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -60,6 +63,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.services)
         if "browser" in item.nodeid.split("::")[0]:
             item.add_marker(pytest.mark.browser)
+        if item.nodeid.split("::")[0].endswith(_SLOW):
+            item.add_marker(pytest.mark.slow)
         if not any(item.get_closest_marker(k) for k in _KINDS):
             item.add_marker(pytest.mark.unit)
 

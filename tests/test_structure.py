@@ -50,3 +50,14 @@ def test_inference_reads_what_validation_chose() -> None:
     nightly = "\n".join(p.read_text() for p in (PKG / "nightly").glob("*.py"))
     assert "_studies_for" not in nightly and "read_headers" not in nightly
     assert "scoring_items" in nightly
+
+
+def test_suite_rows_are_typed_and_name_every_rule_column() -> None:
+    import dataclasses
+
+    from bloodnet_ops.validation import ROW_TYPES, SUITES
+
+    for suite, rules in SUITES.items():
+        names = {f.name for f in dataclasses.fields(ROW_TYPES[suite])}
+        assert {r.column for r in rules} <= names, suite
+        assert "study_uid" in names

@@ -93,7 +93,7 @@ def test_gx_agrees_with_the_plain_rules(corpus) -> None:
             rows.extend(series_rows(sel, [h for hs in by_series.values() for h in hs]).rows)
     outcome = run_suite("header", rows)
     for rule in HEADER_RULES:
-        plain = {r["study_uid"] for r in rows if not rule.row_ok(r[rule.column])}
+        plain = {r.study_uid for r in rows if not rule.row_ok(getattr(r, rule.column))}
         gx = {s for s, checks in outcome.checks.items()
               for c in checks if c.column == rule.column and not c.success}
         assert plain == gx, rule.name
