@@ -159,11 +159,16 @@ SUITES: dict[str, tuple[Rule, ...]] = {"header": HEADER_RULES, "hu": HU_RULES}
 #: The row type of each suite: every rule's column is one of its fields (checked below, so a
 #: renamed field fails at import instead of silently validating a missing column).
 ROW_TYPES: dict[str, type] = {"header": HeaderRow, "hu": HURow}
-for _suite, _rules in SUITES.items():
-    _fields = {f.name for f in dataclasses.fields(ROW_TYPES[_suite])}
-    _missing = {r.column for r in _rules} - _fields
-    if _missing:
-        raise TypeError(f"{_suite} rules name columns its rows lack: {sorted(_missing)}")
+
+
+def _check_row_types() -> None:
+    for suite, rules in SUITES.items():
+        lacking = {r.column for r in rules} - {f.name for f in dataclasses.fields(ROW_TYPES[suite])}
+        if lacking:
+            raise TypeError(f"{suite} rules name columns its rows lack: {sorted(lacking)}")
+
+
+_check_row_types()
 
 
 class _GXRunner:
