@@ -27,4 +27,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # The views of sql/views.sql are applied after every upgrade to head (env.py); below head
+    # they belong to the older code, so they go first (newest dependants first, no CASCADE).
+    from bloodnet_ops.db.views import view_names
+
+    for name in reversed(view_names()):
+        op.execute(f"DROP VIEW IF EXISTS {name}")
     op.drop_column("validation_results", "series_objects")
