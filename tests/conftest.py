@@ -38,6 +38,8 @@ _SERVICE_FIXTURES = {"pg_server_url", "database_url", "s3_server", "s3_bucket", 
                      "dashboard_db"}
 _AIRFLOW_FIXTURES = {"airflow_home", "airflow_conns", "dagbag"}
 _KINDS = ("services", "airflow", "browser", "slow")
+#: Modules whose tests start their own services or tools (no fixture shows it).
+_SERVICE_MODULES = ("test_services.py", "test_faults.py", "test_compose.py")
 #: Tests that train, render many phantoms or fuzz: slow on 2 cores, whatever they need.
 _SLOW = ("test_training.py", "test_fuzz_headers.py", "test_holdout_phantom.py",
          "test_radiology_phantom.py", "test_synth_anatomy.py", "test_real_loaders.py")
@@ -59,7 +61,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         needs = set(getattr(item, "fixturenames", ()))
         if needs & _AIRFLOW_FIXTURES:
             item.add_marker(pytest.mark.airflow)
-        if needs & _SERVICE_FIXTURES:
+        if needs & _SERVICE_FIXTURES or item.nodeid.split("::")[0].endswith(_SERVICE_MODULES):
             item.add_marker(pytest.mark.services)
         if "browser" in item.nodeid.split("::")[0]:
             item.add_marker(pytest.mark.browser)

@@ -371,6 +371,7 @@ def _clone_study(base: Path, out: Path, copies: int) -> None:
             ds.save_as(out / f"{i:03d}-{f.name}")
 
 
+@pytest.mark.slow
 def test_validation_memory_does_not_grow_with_the_night(tmp_path, monkeypatch) -> None:
     """Peak Python memory (tracemalloc) while a night of N, then 4N identical studies is
     validated part by part, as ``validate_and_record`` does it (partitions of about one study).
