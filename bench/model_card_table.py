@@ -45,9 +45,7 @@ def main(folder: Path) -> None:
                        if n in next(iter(reps.values()))[key] else 99)
         print(f"\nAUC by {title} (positives of the group against all negatives of the set"
               f"{'; AUC within the site' if key == 'by_site' else ''}):\n")
-        print("| " + title + " | " + " | ".join(ROLES[k].split(" (")[0] + " " + k[-3:]
-                                                if k != "own-test" else "own test"
-                                                for k in reps) + " |")
+        print("| " + title + " | " + " | ".join(k for k in reps) + " |")
         print("|---|" + "---|" * len(reps))
         for n in names:
             print(f"| {n} | " + " | ".join(_auc(r[key][n]) if n in r[key] else "–"
