@@ -6,8 +6,8 @@ corrupt model file, a bad argument. :func:`explain` turns the exception of such 
 one it was raised from) into a :class:`UserError`; the CLI prints its two lines instead of a
 traceback and exits non-zero. Anything else is a bug and keeps its traceback.
 
-Secrets never appear: database URLs are printed with the password hidden and an S3 access key
-by its first four characters only.
+Secrets never appear: a database is named by host and port only, and an S3 access key by its
+first four characters.
 """
 
 from __future__ import annotations
@@ -36,11 +36,6 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         seen.add(id(exc))
         yield exc
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
-
-
-def safe_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
 def _endpoint() -> str:
@@ -85,12 +80,8 @@ def _database(exc: BaseException) -> UserError | None:
     if not isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
         return None
     message = str(getattr(exc, "orig", exc))
-    url = ""
-    engine_url = getattr(getattr(exc, "connection_invalidated", None), "url", None)
-    if engine_url is not None:  # pragma: no cover - not set by SQLAlchemy today
-        url = str(engine_url)
     where = re.search(r'server at "([^"]+)"(?: \([^)]*\))?, port (\d+)', message)
-    target = f"{where.group(1)}:{where.group(2)}" if where else (safe_url(url) or "the database")
+    target = f"{where.group(1)}:{where.group(2)}" if where else "the database"
     if "password authentication failed" in message or "no pg_hba.conf entry" in message:
         user = re.search(r'for user "([^"]+)"', message)
         return UserError(f"the database at {target} refused the login"

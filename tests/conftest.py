@@ -6,6 +6,7 @@ was tried and shows the service's log.
 Fixtures
 --------
 database_url  (session)   a fresh, uniquely named, migrated database; dropped at the end
+empty_db      (function)  a fresh database of the test's own, not migrated
 pg_server_url (session)   the server's maintenance URL (superuser), e.g. to create roles
 s3_server     (session)   SeaweedFS running; its AWS_* and BLOODNET_S3_ENDPOINT set in os.environ
 s3_bucket     (function)  the name of a fresh, empty bucket on ``s3_server``
@@ -90,6 +91,19 @@ def database_url(pg_server_url: str) -> Iterator[str]:
     url = create_database(pg_server_url, name)
     try:
         migrate(url)
+        yield url
+    finally:
+        drop_database(pg_server_url, name)
+
+
+@pytest.fixture
+def empty_db(pg_server_url: str) -> Iterator[str]:
+    """A fresh, unmigrated database of the test's own; dropped at the end."""
+    from bloodnet_ops.services import create_database, drop_database
+
+    name = f"bloodnet_empty_{uuid.uuid4().hex[:10]}"
+    url = create_database(pg_server_url, name)
+    try:
         yield url
     finally:
         drop_database(pg_server_url, name)

@@ -728,14 +728,9 @@ def _assert_rollups_exact(engine: Engine) -> dict[str, int]:
 
 
 @pytest.fixture
-def rollup_db(pg_server_url: str):
+def rollup_db(empty_db: str) -> str:
     """A database of its own: the test truncates tables and downgrades the schema."""
-    name = f"bloodnet_rollup_{uuid.uuid4().hex[:10]}"
-    url = create_database(pg_server_url, name)
-    try:
-        yield url
-    finally:
-        drop_database(pg_server_url, name)
+    return empty_db
 
 
 def _seed_at_0002(url: str) -> None:

@@ -12,12 +12,11 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, and_, func, select
 
-from bloodnet_ops.db.manifest import manifest_keys_for_studies
 from bloodnet_ops.db.models import Study, ValidationResult
 from bloodnet_ops.db.upsert import MANIFEST_CHUNK, chunked
 from bloodnet_ops.db.validation import record_validation
 from bloodnet_ops.reasons import Reason, Verdict
-from bloodnet_ops.records import StudyResult, ValidationReport
+from bloodnet_ops.records import ObjectRef, StudyResult, ValidationReport
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +90,7 @@ def record_scoring_failures(
     The studies' own rows (pseudonyms, series) are left as validation wrote them."""
     if not failures:
         return
-    uids = [item.study_uid for item, _, _ in failures]
-    objects = manifest_keys_for_studies(engine, source_uri, uids)
-    by_study = _keys_by_study(engine, source_uri, uids)
+    objects, by_study = _objects_of(engine, source_uri, [i.study_uid for i, _, _ in failures])
     studies = []
     for item, why, detail in failures:
         study = item.as_study(by_study.get(item.study_uid, ()))
@@ -105,17 +102,21 @@ def record_scoring_failures(
                       run_id=run_id, studies_known=True)
 
 
-def _keys_by_study(engine: Engine, source_uri: str, uids: Sequence[str]) -> dict[str, list[str]]:
+def _objects_of(engine: Engine, source_uri: str, uids: Sequence[str]
+                ) -> tuple[list[ObjectRef], dict[str, list[str]]]:
+    """The manifest's objects of these studies, and their keys by study (one query a chunk)."""
     from bloodnet_ops.db.models import ObjectRecord
 
     t = ObjectRecord.__table__
-    out: dict[str, list[str]] = {}
+    objects: list[ObjectRef] = []
+    by_study: dict[str, list[str]] = {}
     with engine.connect() as conn:
         for chunk in chunked(sorted(set(uids)), MANIFEST_CHUNK):
-            for key, uid in conn.execute(select(t.c.key, t.c.study_uid).where(
+            for r in conn.execute(select(t.c.key, t.c.etag, t.c.size, t.c.study_uid).where(
                     t.c.source_uri == source_uri, t.c.study_uid.in_(chunk)).order_by(t.c.key)):
-                out.setdefault(uid, []).append(key)
-    return out
+                objects.append(ObjectRef(r.key, r.etag, int(r.size)))
+                by_study.setdefault(r.study_uid, []).append(r.key)
+    return objects, by_study
 
 
 def studies_to_score(engine: Engine, *, run_id: str, backlog: bool = True) -> list[str]:
